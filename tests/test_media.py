@@ -1,0 +1,166 @@
+"""tkh.media: every input layout becomes RGB uint8, every output carries the synthetic label."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tkh.errors import BadInputError
+from tkh.media import (
+    SYNTHETIC_PREFIX,
+    add_caption,
+    iter_video,
+    load_image,
+    read_label,
+    read_video,
+    to_rgb_uint8,
+    write_image,
+    write_video,
+)
+
+
+def _save(im: Image.Image, path, **kw):
+    im.save(path, **kw)
+    return path
+
+
+def test_grace_hopper_loads_as_rgb_uint8(grace_hopper):
+    assert grace_hopper.shape == (600, 512, 3) and grace_hopper.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P", "CMYK", "I;16", "1"])
+def test_every_pil_mode_becomes_rgb(tmp_path, grace_hopper, mode):
+    src = Image.fromarray(grace_hopper)
+    if mode == "I;16":
+        arr16 = (np.asarray(src.convert("L")).astype(np.uint16) * 257)
+        im = Image.fromarray(arr16)
+        path = _save(im, tmp_path / "x.png")
+    else:
+        im = src.convert(mode)
+        ext = "jpg" if mode == "CMYK" else "png"
+        path = _save(im, tmp_path / f"x.{ext}")
+    out = load_image(path)
+    assert out.shape == (600, 512, 3) and out.dtype == np.uint8
+    # grey levels survive: the image is not black or saturated after conversion
+    assert 40 < out.mean() < 220
+
+
+def test_16bit_keeps_its_contrast(tmp_path, grace_hopper):
+    grey = np.asarray(Image.fromarray(grace_hopper).convert("L")).astype(np.uint16) * 257
+    out = load_image(_save(Image.fromarray(grey), tmp_path / "g16.png"))
+    assert np.abs(out[..., 0].astype(int) - grey // 257).max() <= 1
+
+
+def test_exif_rotation_is_applied(tmp_path, grace_hopper):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = _save(Image.fromarray(grace_hopper), tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert load_image(path).shape == (512, 600, 3)
+
+
+def test_rgba_alpha_is_composited_on_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
+    assert (to_rgb_uint8(rgba) == 255).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 40), w=st.integers(1, 40),
+    channels=st.sampled_from([None, 1, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.bool_, np.int32]),
+)
+def test_any_array_layout_becomes_rgb_uint8(h, w, channels, dtype):
+    shape = (h, w) if channels is None else (h, w, channels)
+    rng = np.random.default_rng(0)
+    if dtype == np.bool_:
+        arr = rng.random(shape) > 0.5
+    elif np.issubdtype(dtype, np.floating):
+        arr = rng.random(shape).astype(dtype)
+    else:
+        arr = rng.integers(0, np.iinfo(dtype).max if dtype != np.int32 else 255, shape).astype(dtype)
+    out = to_rgb_uint8(arr)
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("bad", [np.zeros((5, 5, 5)), np.zeros((2, 2, 2, 2)), np.zeros((0, 4, 3))])
+def test_bad_array_shapes_are_one_line_errors(bad):
+    with pytest.raises(BadInputError, match="expected an image"):
+        to_rgb_uint8(bad)
+
+
+def test_nan_image_is_rejected():
+    with pytest.raises(BadInputError, match="NaN"):
+        to_rgb_uint8(np.full((4, 4, 3), np.nan, np.float32))
+
+
+def test_empty_truncated_and_garbage_files(tmp_path, grace_hopper):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(BadInputError, match="empty.jpg is empty"):
+        load_image(empty)
+    buf = io.BytesIO()
+    Image.fromarray(grace_hopper).save(buf, format="JPEG")
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    with pytest.raises(BadInputError, match="trunc.jpg is truncated"):
+        load_image(trunc)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image at all" * 10)
+    with pytest.raises(BadInputError, match="garbage.png is not a readable image"):
+        load_image(garbage)
+    with pytest.raises(BadInputError, match="not found"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    import tkh.media as media
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (12_000, 9_000)).save(path)  # 108 Mpx, a few KB on disk
+    with pytest.raises(BadInputError, match="too large"):
+        media.load_image(path)
+
+
+def test_video_streams_and_reports_bad_files(tmp_path, carphone_path):
+    frames = list(iter_video(carphone_path, every=10))
+    assert len(frames) == 12 and frames[0].shape == (144, 176, 3)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(BadInputError, match="empty"):
+        list(iter_video(empty))
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    with pytest.raises(BadInputError, match="corrupt.mp4"):
+        list(iter_video(corrupt))
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "gif", "mp4"])
+def test_every_output_is_labelled_synthetic(tmp_path, grace_hopper, ext):
+    path = tmp_path / f"out.{ext}"
+    if ext in ("png", "jpg"):
+        write_image(path, grace_hopper, model="unit-test")
+    else:
+        write_video(path, [grace_hopper] * 3, fps=5, model="unit-test", caption="SYNTHETIC")
+    label = read_label(path)
+    assert label is not None and label.startswith(SYNTHETIC_PREFIX) and "unit-test" in label
+    assert not list(tmp_path.glob("*.part*")), "temporary files are renamed away"
+
+
+def test_video_round_trip_and_unlabelled_file(tmp_path, grace_hopper, carphone_path):
+    path = write_video(tmp_path / "v.mp4", [grace_hopper] * 4, fps=8)
+    frames, fps = read_video(path)
+    assert frames.shape == (4, 600, 512, 3) and abs(fps - 8) < 1e-6
+    assert read_label(carphone_path) is None
+
+
+def test_caption_is_visible(grace_hopper):
+    captioned = add_caption(grace_hopper, "SYNTHETIC")
+    assert captioned.shape == grace_hopper.shape
+    bottom = np.abs(captioned[-40:].astype(int) - grace_hopper[-40:].astype(int)).sum()
+    top = np.abs(captioned[:40].astype(int) - grace_hopper[:40].astype(int)).sum()
+    assert bottom > 0 and top == 0

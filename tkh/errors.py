@@ -1,0 +1,43 @@
+"""Errors a user can cause. Each message is one line: what is wrong, which file, what to do.
+
+The command line prints `str(error)` alone for these (no traceback unless `--debug`); anything else
+that escapes is a bug in tkh and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TkhError(Exception):
+    """Base class of every error a user can cause (bad input, missing weights, ...)."""
+
+
+class ConfigError(TkhError, ValueError):
+    """A config file or value that tkh cannot use."""
+
+
+class BadInputError(TkhError, ValueError):
+    """An image, video or landmark file that cannot be read or has the wrong shape."""
+
+
+class NoFaceError(BadInputError):
+    """No face was found in an image (the message names the file)."""
+
+
+class DownloadError(TkhError, OSError):
+    """A download failed or its checksum did not match; nothing partial is kept."""
+
+
+class ChecksumError(DownloadError):
+    """A file's sha256 differs from the one it is registered with."""
+
+
+class CheckpointError(TkhError, ValueError):
+    """A checkpoint that is truncated, corrupt or from another config."""
+
+
+class WeightsUnavailableError(TkhError, FileNotFoundError):
+    """Real weights for a network are neither cached nor downloadable."""
+
+
+class NonFiniteLossError(TkhError, FloatingPointError):
+    """A loss became NaN or inf; the last good checkpoint is kept."""
