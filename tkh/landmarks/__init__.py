@@ -1,0 +1,35 @@
+"""68-point facial landmarks: detect, crop, rasterize, edit, smooth (paper Sec. 3.1).
+
+The paper's networks see a face's pose and expression only through the landmark image y, made by
+drawing the 68 iBUG points as coloured polylines. This package is everything around that:
+
+- `detect(image)` / `detect_video(path)`: landmarks with face-alignment (FAN) or dlib.
+- `crop(image, landmarks, size)`: the one square face crop used for training and inference, with a
+  `CropTransform` back to the original; `stable_boxes(track)` for jitter-free video crops.
+- `rasterize(landmarks, size)` / `rasterize_torch(batch, size)`: the landmark image y.
+- `edit(landmarks, jaw_open=..., smile=..., yaw=...)`: expression and head-pose edits.
+- `smooth_track(track)`: One-Euro temporal filter for tracks.
+"""
+
+from tkh.landmarks.crop import CropTransform, box_jitter, crop, face_box, stable_boxes
+from tkh.landmarks.detect import (
+    VideoLandmarks,
+    detect,
+    detect_video,
+    ensure_face_alignment_weights,
+    face_alignment_weight_paths,
+    get_backend,
+    reset_backends,
+    resolve_backend,
+)
+from tkh.landmarks.draw import PART_COLOURS, PARTS, draw_on_image, rasterize, rasterize_torch
+from tkh.landmarks.edit import CLOSURES, EXPRESSIONS, RANGES, edit, fit_pose, mean_face_3d
+from tkh.landmarks.smooth import OneEuroFilter, smooth_track
+
+__all__ = [
+    "CLOSURES", "EXPRESSIONS", "PARTS", "PART_COLOURS", "RANGES", "CropTransform", "OneEuroFilter", "VideoLandmarks",
+    "box_jitter", "crop", "detect", "detect_video", "draw_on_image", "edit", "ensure_face_alignment_weights",
+    "face_alignment_weight_paths", "face_box", "fit_pose", "get_backend", "mean_face_3d", "rasterize",
+    "rasterize_torch", "reset_backends", "resolve_backend", "smooth_track", "stable_boxes",
+]
+

@@ -1,0 +1,74 @@
+"""`tkh landmarks IMAGE_OR_VIDEO --out FILE.npz [--plot FILE.png] [--backend ...]`.
+
+The npz holds: ``landmarks`` ((68, 2) for an image, (T, 68, 2) with NaN rows for a video),
+``valid`` ((T,) bool, videos only), ``frame_index`` and ``fps`` (videos), ``source`` (the input
+path), ``backend`` (the backend actually used) and ``image_size`` ((H, W)). The plot PNG shows the
+landmarks over the image (first frame with a face for videos) beside the rasterized landmark image
+y; like every image tkh writes, it carries the synthetic label in its metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tkh.errors import BadInputError
+
+
+def landmark_plot(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """One RGB image: the landmarks drawn over `image` | the rasterized landmark image at the same height."""
+    import cv2
+
+    from tkh.landmarks.draw import draw_on_image, rasterize
+
+    h, w = image.shape[:2]
+    left = draw_on_image(image, landmarks)
+    right = rasterize(landmarks, (h, w))
+    if w > h * 1.5 or h > w * 1.5:  # very elongated images: keep the right panel square
+        right = cv2.resize(rasterize(landmarks, (h, w)), (h, h), interpolation=cv2.INTER_AREA)
+    gap = np.full((h, max(4, w // 100), 3), 255, np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot: str | os.PathLike | None = None,
+                          backend: str = "auto", every: int = 1, smooth: bool = False) -> dict:
+    """Detect landmarks in an image or video and save them (and a plot). Returns a small summary dict."""
+    from tkh.landmarks.detect import detect, detect_video, get_backend
+    from tkh.media import is_video, iter_video, load_image, write_image
+
+    src, out = Path(input), Path(out)
+    if out.suffix.lower() != ".npz":
+        raise BadInputError(f"{out}: --out must be a .npz file")
+    if plot is not None and Path(plot).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise BadInputError(f"{plot}: --plot must be a .png or .jpg file")
+    if not src.exists():
+        raise BadInputError(f"{src}: file not found; check the path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".part.npz")
+    try:
+        if is_video(src):
+            track = detect_video(src, backend=backend, every=every, smooth=smooth)
+            np.savez_compressed(tmp, landmarks=track.landmarks, valid=track.valid, frame_index=track.frame_index,
+                                fps=track.fps, source=str(src), backend=track.backend,
+                                image_size=np.array(track.frame_size))
+            summary = {"frames": len(track), "with_face": int(track.valid.sum()), "backend": track.backend}
+            if plot is not None:
+                first = int(np.flatnonzero(track.valid)[0])
+                *_, frame = iter_video(src, every=every, max_frames=first + 1)  # streams up to that frame
+                write_image(plot, landmark_plot(frame, track.landmarks[first]), model="landmarks")
+        else:
+            image = load_image(src)
+            lms = detect(image, backend=backend, name=str(src))
+            used = get_backend(backend).name
+            np.savez_compressed(tmp, landmarks=lms, source=str(src), backend=used, image_size=np.array(image.shape[:2]))
+            summary = {"frames": 1, "with_face": 1, "backend": used}
+            if plot is not None:
+                write_image(plot, landmark_plot(image, lms), model="landmarks")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing partial is left when writing fails (disk full)
+    print(f"tkh landmarks: {summary['with_face']}/{summary['frames']} frame(s) with a face "
+          f"({summary['backend']}) -> {out}" + (f", plot {plot}" if plot else ""))
+    return summary
