@@ -1,0 +1,121 @@
+"""tkh.metrics: identity embeddings equal dlib's, CSIM ranks identities, SSIM/PSNR/landmark error by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tkh import metrics
+from tkh.errors import BadInputError, NoFaceError
+
+dlib = pytest.importorskip("dlib")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # the converted network is cached here, not in ~/.cache
+        mp.setenv("TKH_CACHE", str(tmp_path_factory.mktemp("tkh-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def embeddings(grace_hopper, astronaut):
+    return metrics.identity_embedding([grace_hopper, astronaut])
+
+
+def test_identity_embedding_equals_dlib(grace_hopper, astronaut, embeddings):
+    import face_recognition_models as frm
+
+    facerec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    detector, predictor = metrics._dlib_models()
+    assert embeddings.shape == (2, 128) and embeddings.dtype == np.float32
+    for img, ours in zip((grace_hopper, astronaut), embeddings):
+        theirs = np.array(facerec.compute_face_descriptor(img, predictor(img, detector(img, 1)[0])))
+        diff = np.abs(ours - theirs).max()
+        print(f"identity_embedding vs dlib: max abs diff {diff:.2e}")
+        assert diff < 1e-4
+
+
+def test_csim_same_person_beats_different_person(grace_hopper, astronaut, embeddings):
+    # another crop of the same photo, mirrored: the same person seen differently
+    other_gh = np.ascontiguousarray(grace_hopper[30:380, 60:430][:, ::-1])
+    other_ast = np.ascontiguousarray(astronaut[:300, 60:360][:, ::-1])
+    views = metrics.identity_embedding([other_gh, other_ast])
+    same = [metrics.csim(embeddings[0], views[0]), metrics.csim(embeddings[1], views[1])]
+    different = [metrics.csim(embeddings[0], embeddings[1]), metrics.csim(views[0], embeddings[1]),
+                 metrics.csim(views[1], embeddings[0])]
+    print(f"CSIM same person {same}, different persons {different}")
+    assert min(same) > max(different)
+    assert np.allclose(metrics.csim(embeddings, views), same)  # batched, pairwise
+
+
+def test_csim_hand_cases():
+    assert metrics.csim(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(0.0)
+    v = np.array([0.3, -0.2, 0.9])
+    assert metrics.csim(v, 2 * v) == pytest.approx(1.0)
+    assert metrics.csim(torch.tensor(v), -v) == pytest.approx(-1.0)
+    batch = metrics.csim(np.stack([v, -v]), v)  # one side broadcast
+    assert batch.shape == (2,) and np.allclose(batch, [1, -1])
+
+
+def test_input_forms_agree(grace_hopper, embeddings):
+    x = torch.from_numpy(grace_hopper.copy()).permute(2, 0, 1).float() / 127.5 - 1  # tkh tensor
+    assert np.abs(metrics.identity_embedding(x) - embeddings[0]).max() < 1e-5
+    chip = metrics.face_chips(grace_hopper)[0]
+    assert chip.shape == (150, 150, 3)
+    assert np.abs(metrics.identity_embedding(chip, aligned=True) - embeddings[0]).max() < 1e-5
+    detector, predictor = metrics._dlib_models()
+    shape = predictor(grace_hopper, detector(grace_hopper, 1)[0])
+    points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+    assert np.abs(metrics.identity_embedding(grace_hopper, landmarks=points) - embeddings[0]).max() < 1e-5
+
+
+def test_no_face_is_named(grace_hopper):
+    with pytest.raises(NoFaceError, match="image 1"):
+        metrics.identity_embedding([grace_hopper, np.full((80, 80, 3), 128, np.uint8)], fallback=None)
+
+
+def test_ssim_psnr_hand_cases(astronaut):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a = astronaut[100:228, 150:278]
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.psnr(a, a) == float("inf")
+    # +-10 grey levels everywhere: MSE = (10/255)^2 -> PSNR = 20 log10(25.5) dB exactly
+    sign = np.where(np.indices(a.shape).sum(0) % 2 == 0, 1, -1)
+    base = np.clip(a.astype(int), 10, 245)
+    noisy = (base + 10 * sign).astype(np.uint8)
+    base = base.astype(np.uint8)
+    assert metrics.psnr(base, noisy) == pytest.approx(20 * np.log10(25.5), abs=1e-9)
+    assert metrics.psnr(base, noisy) == pytest.approx(peak_signal_noise_ratio(base, noisy, data_range=255))
+    s = metrics.ssim(base, noisy)
+    assert 0 < s < 1
+    assert s == pytest.approx(structural_similarity(base / 255.0, noisy / 255.0, channel_axis=-1, data_range=1.0,
+                                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+    # tkh tensors (B, 3, H, W) in [-1, 1] give the same numbers, per pair
+    t = lambda img: torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
+    batch = torch.stack([t(base), t(base)]), torch.stack([t(noisy), t(base)])
+    values = metrics.psnr(*batch)
+    assert values.shape == (2,) and values[0] == pytest.approx(20 * np.log10(25.5), abs=1e-4) and values[1] == np.inf
+    assert np.allclose(metrics.ssim(*batch), [s, 1.0], atol=1e-6)
+    with pytest.raises(BadInputError, match="shapes differ"):
+        metrics.ssim(base, noisy[:64])
+
+
+def test_landmark_error_hand_cases():
+    ref = np.zeros((68, 2), np.float32)
+    ref[:, 0] = np.linspace(0, 100, 68)
+    ref[36], ref[45] = (0, 0), (100, 0)                  # inter-ocular distance 100
+    pred = ref + np.array([3.0, 4.0], np.float32)        # every point 5 px off
+    assert metrics.landmark_error(pred, ref) == pytest.approx(0.05)
+    pred_nan = pred.copy()
+    pred_nan[10] = np.nan                                 # a missing point is ignored
+    assert metrics.landmark_error(pred_nan, ref) == pytest.approx(0.05)
+    batch = metrics.landmark_error(np.stack([pred, ref, np.full_like(ref, np.nan)]), torch.from_numpy(ref))
+    assert batch.shape == (3,) and np.allclose(batch[:2], [0.05, 0.0]) and np.isnan(batch[2])
+    flat = ref.copy()
+    flat[45] = flat[36]                                   # no inter-ocular distance -> NaN, not inf
+    assert np.isnan(metrics.landmark_error(pred, flat))
+    with pytest.raises(BadInputError):
+        metrics.landmark_error(pred[:10], ref[:10])
