@@ -1,0 +1,64 @@
+"""Meta-learning of E, G and D on many talking-head videos (Zakharov et al. 2019, sec. 3.2).
+
+    from tkh.config import load_config
+    from tkh.train import train, plot_losses, Callbacks
+
+    result = train(load_config("tiny"), "cache64/", "runs/tiny", callbacks=Callbacks(on_step=print))
+    plot_losses("runs/tiny")
+
+or ``tkh train --config configs/small.yaml --data CACHE --out runs/small [--steps N] [--resume]``, and
+``torchrun --nproc_per_node G -m tkh.cli train ...`` for several GPUs.
+
+- `tkh.train.loop`: `train`, the phases (`make_phases`, `MetaStep`), callbacks and results.
+- `tkh.train.checkpoint`: atomic checkpoints (safetensors weights + weights_only-loadable state), resume.
+- `tkh.train.logging`: log.csv, TensorBoard (optional), sample grids, `plot_losses`.
+- `tkh.train.distributed`: torchrun / DDP setup, and why D's per-video W needs no special handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tkh.train.logging import plot_losses, read_log, sample_grid
+from tkh.train.loop import Callbacks, MetaStep, Phase, StepInfo, TrainResult, make_phases, train
+
+__all__ = [
+    "Callbacks", "MetaStep", "Phase", "StepInfo", "TrainResult", "TrainState", "latest_checkpoint",
+    "load_checkpoint", "make_phases", "plot_losses", "read_log", "sample_grid", "save_checkpoint", "train",
+    "train_from_cli",
+]
+
+
+def train_from_cli(args: argparse.Namespace) -> TrainResult:
+    """`tkh train`: the config file, then --set SECTION.KEY=VALUE, then --steps / --holdout / --max-minutes / --device."""
+    import yaml
+
+    from tkh.config import load_config
+    from tkh.errors import ConfigError
+
+    cfg = load_config(args.config)
+    sets: dict[str, dict] = {}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.batch_size=2")
+        sets.setdefault(section, {})[name] = yaml.safe_load(value)
+    if sets:
+        cfg = cfg.replace(**sets)  # ConfigError (one line) for an unknown section or key
+    overrides = {}
+    if getattr(args, "steps", None) is not None:
+        overrides["steps"] = args.steps
+    if getattr(args, "holdout", None):
+        overrides["holdout"] = list(args.holdout)
+    if getattr(args, "max_minutes", None) is not None:
+        overrides["max_minutes"] = args.max_minutes
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if overrides:
+        cfg = cfg.replace(train=overrides)
+    result = train(cfg, args.data, args.out, resume=bool(getattr(args, "resume", False)))
+    print(f"tkh train: stopped ({result.stopped}) at step {result.step} after {result.steps_run} steps in "
+          f"{result.seconds:.0f} s; checkpoint {result.checkpoint}; log {result.log}")
+    return result

@@ -1,0 +1,180 @@
+"""Training checkpoints: written atomically, read back only when complete, never unpickled unsafely.
+
+A checkpoint of step N is two files in ``RUN/checkpoints/`` plus a pointer::
+
+    step_000N.safetensors   E, G, D weights (`TalkingHeadModel.save`: config JSON + meta in the header)
+    step_000N.state.pt      optimizers, step, epoch, position in the epoch, RNG states (torch.save of
+                            tensors, numbers, strings, lists and dicts only: loaded with weights_only=True)
+    latest.json             {"step": N, "model": ..., "state": ...}: which pair is the newest complete one
+
+Each file is written to a temporary name and renamed into place (`os.replace` is atomic on POSIX),
+and ``latest.json`` is replaced last, so a run killed at any moment (even with SIGKILL) leaves the
+previous pointer naming a complete pair. Older pairs are deleted after the pointer moved on (the last
+`keep` stay). There is no AMP gradient scaler to save: tkh trains in bf16 or float32, which need none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tkh.config import Config
+from tkh.errors import CheckpointError
+
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+
+POINTER = "latest.json"
+
+
+@dataclass
+class TrainState:
+    """Where training is: `step` G updates done; the next batch is batch `batch_in_epoch` of `epoch`."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0  # seconds of training over all runs of this folder (for the log's time column)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed}
+
+
+# --- RNG states as weights_only-loadable objects ------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python RNG states, as tensors / ints / lists (no numpy objects)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # fewer GPUs now than when saved: CUDA streams are reseeded instead
+            pass
+
+
+# --- save / load -----------------------------------------------------------------------------------------
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                    state: TrainState, video_ids: list[str], keep: int = 2) -> Path:
+    """Write step `state.step`'s checkpoint (see the module docstring); returns the weights' path.
+
+    model: the plain TalkingHeadModel (not a DDP wrapper). video_ids: the rows of D's W, stored in the
+    weights' meta so that a resumed run can check it sees the same videos.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"step_{state.step:07d}"
+    weights = ckpt_dir / f"{stem}.safetensors"
+    extra = ckpt_dir / f"{stem}.state.pt"
+    meta = {"step": state.step, "video_ids": list(video_ids), "kind": "meta-learning checkpoint"}
+    model.save(weights, meta=meta)
+    _atomic_torch_save({"format": "tkh.train/1", "train_state": state.to_dict(),
+                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state()}, extra)
+    _atomic_json({"step": state.step, "model": weights.name, "state": extra.name}, ckpt_dir / POINTER)
+    # Only now that the pointer names the new pair may old pairs go.
+    pairs = sorted(ckpt_dir.glob("step_*.safetensors"))
+    for old in pairs[:-keep] if keep > 0 else []:
+        for p in (old, old.with_name(old.name.replace(".safetensors", ".state.pt"))):
+            p.unlink(missing_ok=True)
+    return weights
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(weights, state) named by latest.json, or None when the folder has no checkpoint."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / POINTER
+    if not pointer.is_file():
+        return None
+    try:
+        info = json.loads(pointer.read_text())
+        return ckpt_dir / info["model"], ckpt_dir / info["state"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{pointer} is unreadable ({exc}); delete it to restart, or restore the run folder") from None
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                    cfg: Config, video_ids: list[str]) -> TrainState:
+    """Load the newest checkpoint into `model` and `optimizers` in place, restore the RNGs; returns its TrainState.
+
+    CheckpointError (one line) when there is none, when a file is truncated or corrupt, when it was
+    saved with another model config, or for other training videos (W's rows would be wrong).
+    """
+    from tkh.models import TalkingHeadModel
+
+    found = latest_checkpoint(ckpt_dir)
+    if found is None:
+        raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start training")
+    weights, extra = found
+    saved = TalkingHeadModel.load(weights, strict_config=cfg)  # CheckpointError for truncation / other config
+    saved_ids = list(saved.meta.get("video_ids", []))
+    if saved_ids != list(video_ids):
+        raise CheckpointError(
+            f"checkpoint {weights} was trained on {len(saved_ids)} videos and this data gives {len(video_ids)} "
+            "(other cache or holdout); resume with the same --data and train.holdout, or start a new run folder")
+    try:
+        blob = torch.load(extra, map_location="cpu", weights_only=True)
+        ts = TrainState(**blob["train_state"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(blob["optimizers"][name])
+    except Exception as exc:  # truncated zip, unpickling refused, missing keys, shape mismatch
+        raise CheckpointError(
+            f"checkpoint state {extra} is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "delete the checkpoints folder to restart") from None
+    if ts.step != int(saved.meta.get("step", -1)):
+        raise CheckpointError(f"{weights} (step {saved.meta.get('step')}) and {extra} (step {ts.step}) do not belong "
+                              "together; delete the checkpoints folder to restart")
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in saved.state_dict().items():
+            target[name].copy_(tensor)
+    set_rng_state(blob["rng"])
+    return ts
