@@ -1,0 +1,110 @@
+"""Few-shot adaptation (sec. 3.3) on a real face: FF vs FT, the small adapted file, T images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adapt_helpers import NAME, make_tiny_pretrained
+from tkh import pretrained
+from tkh.adapt import AdaptedPortrait, adapt
+from tkh.errors import CheckpointError
+from tkh.landmarks import detect
+
+FT_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    return make_tiny_pretrained(tmp_path_factory.mktemp("pretrained"))
+
+
+@pytest.fixture(scope="module")
+def model(shipped):
+    return pretrained.load(NAME) if False else pretrained.load(shipped)
+
+
+@pytest.fixture(scope="module")
+def hopper_lms(grace_hopper):
+    return detect(grace_hopper, backend="dlib")
+
+
+@pytest.fixture(scope="module")
+def ff_ft(model, grace_hopper, hopper_lms):
+    before = {k: v.clone() for k, v in model.G.state_dict().items()}
+    ff = adapt(model, [grace_hopper], mode="ff", landmarks=[hopper_lms])
+    ft = adapt(model, [grace_hopper], mode="ft", steps=FT_STEPS, landmarks=[hopper_lms], progress=False)
+    after = model.G.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    return ff, ft, unchanged
+
+
+def test_ft_lowers_reconstruction_error(ff_ft):
+    ff, ft, base_unchanged = ff_ft
+    e_ff, e_ft = ff.reconstruction_error(), ft.reconstruction_error()
+    print(f"reconstruction error (mean |x - G(y)|, [-1,1] units): FF {e_ff:.4f}, FT {FT_STEPS} steps {e_ft:.4f}")
+    assert e_ft < 0.9 * e_ff
+    assert len(ft.history) == FT_STEPS and all(np.isfinite(h["total"]) for h in ft.history)
+    assert not torch.equal(ft.psi, ff.psi)  # ψ' was trained, starting from P·ê
+    assert torch.equal(ft.e_hat, ff.e_hat)  # E is not fine-tuned
+    assert base_unchanged  # adaptation copies G and D; the meta-trained model is untouched
+    assert ff.crops.shape == (1, 64, 64, 3) and ff.crop_landmarks.shape == (1, 68, 2)
+
+
+def test_render_shapes(ff_ft):
+    ff, _, _ = ff_ft
+    one = ff.render(ff.crop_landmarks[0])
+    many = ff.render(np.repeat(ff.crop_landmarks, 3, axis=0))
+    assert one.shape == (64, 64, 3) and one.dtype == np.uint8
+    assert many.shape == (3, 64, 64, 3)
+    assert np.abs(many[0].astype(int) - one).max() <= 1
+
+
+def test_saved_adapted_reloads_and_renders_the_same_frame(ff_ft, shipped, tmp_path, monkeypatch):
+    _, ft, _ = ff_ft
+    path = ft.save(tmp_path / "hopper.safetensors")
+    size = path.stat().st_size
+    g_fp16 = sum(v.numel() for k, v in ft.G.state_dict().items() if k != "P.weight") * 2
+    print(f"FT adapted file: {size / 2**20:.2f} MiB (G diff fp16 {g_fp16 / 2**20:.2f} MiB)")
+    assert size < g_fp16 + 200_000  # only what changed: fp16 diff of G without P, ψ', ê, one crop
+    monkeypatch.setenv("TKH_PRETRAINED", str(shipped))
+    loaded = AdaptedPortrait.load(path)  # one call: finds the base by name, verifies its sha256
+    assert loaded.mode == "ft" and loaded.model_name == NAME
+    a, b = ft.render(ft.crop_landmarks[0]), loaded.render(loaded.crop_landmarks[0])
+    assert np.abs(a.astype(int) - b).max() <= 1
+    assert loaded.source_images and loaded.source_images[0].shape == ft.source_images[0].shape
+
+
+def test_ff_file_is_tiny(ff_ft, model, tmp_path):
+    ff, _, _ = ff_ft
+    path = ff.save(tmp_path / "ff.safetensors")
+    assert path.stat().st_size < 200_000  # ψ, ê, landmarks, one crop, the source JPEG
+    loaded = AdaptedPortrait.load(path, base=model)
+    assert np.array_equal(loaded.render(ff.crop_landmarks[0]), ff.render(ff.crop_landmarks[0]))
+
+
+def test_load_refuses_other_base_and_truncation(ff_ft, tmp_path):
+    ff, _, _ = ff_ft
+    path = ff.save(tmp_path / "ff.safetensors")
+    other = pretrained.load(make_tiny_pretrained(tmp_path / "other", name="other", seed=1))
+    with pytest.raises(CheckpointError, match="sha256"):
+        AdaptedPortrait.load(path, base=other)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        AdaptedPortrait.load(tmp_path / "cut.safetensors", base=other)
+
+
+def test_t_shots_embedding_is_the_mean(model, carphone_path):
+    """T images in different poses: each gets its own landmarks and crop; ê_NEW is the mean of E (sec. 3.3)."""
+    from tkh.media import iter_video
+
+    frames = [f for i, f in enumerate(iter_video(carphone_path, max_frames=25)) if i in (0, 12, 24)]
+    lms = detect(frames, backend="dlib")
+    three = adapt(model, frames, mode="ff", landmarks=lms)
+    singles = [adapt(model, [f], mode="ff", landmarks=[lm]) for f, lm in zip(frames, lms)]
+    assert three.crops.shape[0] == 3 and len(three.transforms) == 3
+    mean = torch.stack([s.e_hat for s in singles]).mean(0)
+    assert torch.allclose(three.e_hat, mean, atol=1e-5)
+    assert not np.allclose(three.crop_landmarks[0], three.crop_landmarks[2])  # poses differ

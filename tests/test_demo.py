@@ -1,0 +1,99 @@
+"""The main job (`tkh demo`) end to end on CPU, and the named portraits (Mona Lisa download + fallback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from adapt_helpers import make_tiny_pretrained
+from localserver import serve_directory
+from tkh.errors import DownloadError
+from tkh.media import read_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_grace_hopper_is_offline():
+    from tkh.portraits import load_portrait
+
+    p = load_portrait("grace-hopper")
+    assert p.image.shape == (600, 512, 3) and not p.fallback_reason
+
+
+def test_mona_lisa_download_verified_and_cached(tmp_path):
+    from conftest import shared_path
+    from tkh.portraits import load_portrait
+
+    src = shared_path("portraits", "mona_lisa.jpg")
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(src, served / "mona.jpg")
+    cache = tmp_path / "cache"
+    with serve_directory(served) as url:
+        p = load_portrait("mona-lisa", url=f"{url}/mona.jpg", cache=cache)
+    assert p.name == "mona-lisa" and not p.fallback_reason and (cache / "mona_lisa.jpg").is_file()
+    again = load_portrait("mona-lisa", url="http://127.0.0.1:9/none.jpg", cache=cache)  # cached: no download
+    assert again.name == "mona-lisa"
+
+
+def test_mona_lisa_wrong_checksum_and_failed_download_fall_back(tmp_path, grace_hopper):
+    from conftest import shared_path
+    from tkh.portraits import load_portrait
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(shared_path("portraits", "sargent_portrait.jpg"), served / "mona.jpg")  # other bytes
+    cache = tmp_path / "cache"
+    with serve_directory(served) as url:
+        with pytest.warns(UserWarning, match="checksum"):
+            p = load_portrait("mona-lisa", url=f"{url}/mona.jpg", cache=cache)
+        assert p.name == "grace-hopper" and "checksum" in p.fallback_reason
+        assert not list(cache.glob("*"))  # nothing partial or wrong is kept
+        with pytest.warns(UserWarning, match="could not"):
+            p = load_portrait("mona-lisa", url=f"{url}/missing.jpg", cache=cache)  # HTTP 404
+        assert p.name == "grace-hopper" and "--portrait PATH" in p.fallback_reason
+        with pytest.raises(DownloadError, match="could not get the Mona Lisa"):
+            load_portrait("mona-lisa", url=f"{url}/missing.jpg", cache=cache, fallback=None)
+        painting = shared_path("portraits", "renaissance_portrait.jpg")
+        with pytest.warns(UserWarning):
+            p = load_portrait("mona-lisa", url=f"{url}/missing.jpg", cache=cache, fallback=painting)
+        assert p.name == "renaissance_portrait.jpg"
+
+
+def test_run_demo_tiny_model_outputs_labelled(tmp_path, monkeypatch):
+    from tkh.demo import run_demo
+
+    monkeypatch.setenv("TKH_PRETRAINED", str(make_tiny_pretrained(tmp_path / "pretrained")))
+    t = time.perf_counter()
+    s = run_demo(out_dir=tmp_path / "out", steps=3, frames_per_edit=4, device="cpu", progress=False)
+    print(f"demo (tiny, 3 FT steps, 20 frames): {time.perf_counter() - t:.1f}s")
+    for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
+        path = tmp_path / "out" / name
+        assert path.is_file() and "tkh" in (read_label(path) or ""), name
+    assert s["ft_steps"] == 3 and s["frames"] == 20
+    assert json.loads((tmp_path / "out" / "demo.json").read_text())["model"] == "tiny-test"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "pretrained" / "manifest.json").is_file(), reason="no shipped weights yet")
+def test_tkh_demo_cli_with_shipped_weights(tmp_path):
+    """`tkh demo` as a user runs it: the shipped weights, 2 threads, under 5 minutes."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TKH_OFFLINE": "1"}
+    env.pop("TKH_PRETRAINED", None)
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "tkh.cli", "demo", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    took = time.perf_counter() - t
+    print(r.stdout, f"\ntkh demo took {took:.0f}s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
+        assert read_label(tmp_path / "out" / name)
+    assert took < 300

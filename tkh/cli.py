@@ -1,0 +1,235 @@
+"""The `tkh` command line. Thin: parse arguments, call the package, report one clear line on error.
+
+Each subcommand has a `_cmd_<name>(args)` handler below that only calls public functions of `tkh`.
+Errors a user can cause (`tkh.errors.TkhError`) print one line on stderr and exit 2; `--debug`
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+from pathlib import Path
+
+from tkh.errors import TkhError
+
+
+# ---------------------------------------------------------------------------------------------
+# landmarks
+# ---------------------------------------------------------------------------------------------
+def _add_landmarks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("landmarks", help="detect 68-point landmarks in an image or video")
+    p.add_argument("input", help="image or video file")
+    p.add_argument("--out", required=True, help="output .npz (landmarks, and per-frame validity for videos)")
+    p.add_argument("--plot", help="also write a PNG with the landmarks drawn on the image / first frame")
+    p.add_argument("--backend", default="auto", choices=["auto", "face_alignment", "dlib"],
+                   help="auto: face-alignment when its weights are cached or downloadable, else dlib")
+    p.add_argument("--every", type=int, default=1, help="videos: keep one frame in N")
+    p.add_argument("--smooth", action="store_true", help="videos: One-Euro temporal smoothing of the track")
+    p.set_defaults(func=_cmd_landmarks)
+
+
+def _cmd_landmarks(args: argparse.Namespace) -> None:
+    from tkh.landmarks.cli_helpers import run_landmarks_command
+
+    run_landmarks_command(args.input, args.out, plot=args.plot, backend=args.backend, every=args.every,
+                          smooth=args.smooth)
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess / train
+# ---------------------------------------------------------------------------------------------
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preprocess", help="videos -> cache of cropped frames + landmarks (resumable)")
+    p.add_argument("inputs", nargs="+", help="a folder of videos (VoxCeleb layout or flat, searched recursively), "
+                   "frame folders, or video files")
+    p.add_argument("--out", required=True, help="cache folder (run the same command again to resume)")
+    p.add_argument("--size", type=int, default=256, help="crop size in pixels = the training resolution")
+    p.add_argument("--frames-per-video", type=int, default=32, help="frames sampled evenly per video")
+    p.add_argument("--backend", default="auto", choices=["auto", "face_alignment", "dlib"])
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own landmark detector")
+    p.add_argument("--device", help="device for face_alignment (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per landmark-detector call (larger on a GPU)")
+    p.add_argument("--retry-skipped", action="store_true", help="try again videos an earlier run skipped")
+    p.add_argument("--per-clip", action="store_true",
+                   help="VoxCeleb id*/video_id/*.mp4: one video per clip (default: one per video_id folder)")
+    p.set_defaults(func=_cmd_preprocess)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> None:
+    from tkh.data import preprocess
+
+    summary = preprocess(args.inputs, args.out, size=args.size, frames_per_video=args.frames_per_video,
+                         backend=args.backend, workers=args.workers, device=args.device,
+                         batch_size=args.batch_size, group_clips=not args.per_clip, retry_skipped=args.retry_skipped)
+    print(f"tkh preprocess: {summary}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-learning on a preprocessed cache")
+    p.add_argument("--config", required=True, help="configs/NAME.yaml or a shipped name (tiny, small, paper-256)")
+    p.add_argument("--data", required=True, help="cache folder written by `tkh preprocess`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, samples)")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--holdout", nargs="+", metavar="ID", help="video ids / identities (shell patterns) kept out of "
+                   "training for evaluation; overrides train.holdout")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint written) after this many minutes")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1; default: the config's, auto)")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config field, e.g. --set train.batch_size=2 train.k_shots=4 (YAML values)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from tkh.train import train_from_cli
+
+    train_from_cli(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune / animate / evaluate / demo
+# ---------------------------------------------------------------------------------------------
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="adapt a meta-trained model to a new face from a few images (sec. 3.3)")
+    p.add_argument("--model", default=None, help="shipped name (see pretrained/manifest.json) or checkpoint path "
+                   "(default: the shipped default)")
+    p.add_argument("--images", nargs="+", required=True, help="1, 8, 32... images of the face (poses may differ)")
+    p.add_argument("--shots", type=int, help="use the first K images")
+    p.add_argument("--mode", choices=["ff", "ft"], help="ff: feed-forward only; ft: fine-tune (default)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps (0 = feed-forward)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--out", required=True, help="adapted model file (.safetensors, small: only what changed)")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from tkh.adapt import finetune_from_cli
+
+    finetune_from_cli(args)
+
+
+def _reference(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def _add_animate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("animate", help="drive an adapted portrait by a video, a landmark track or a script")
+    p.add_argument("--model", required=True, help="adapted model file from `tkh finetune`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--driver", help="driving video or landmark track (.npz from `tkh landmarks`)")
+    src.add_argument("--script", help="comma-separated edits, e.g. smile,blink,open_mouth,turn_left "
+                     "(name:0.5 scales one)")
+    p.add_argument("--out", required=True, help="output .mp4 or .gif")
+    p.add_argument("--also", nargs="*", help="more outputs of the same animation, e.g. OUT.gif")
+    p.add_argument("--side-by-side", action="store_true", help="driver | landmarks | result")
+    p.add_argument("--paste-back", action="store_true", help="paste the face back into the portrait at its size")
+    p.add_argument("--portrait", help="the original portrait for --paste-back (default: the one stored when adapting)")
+    p.add_argument("--reference", type=_reference, default="first",
+                   help="driver frame matching the portrait's expression: first, neutral or an index")
+    p.add_argument("--max-frames", type=int, help="use at most N frames of the driver")
+    p.add_argument("--caption", nargs="?", const="SYNTHETIC", help="burn a visible label into every frame")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_cmd_animate)
+
+
+def _cmd_animate(args: argparse.Namespace) -> None:
+    from tkh.animate import animate_from_cli
+
+    animate_from_cli(args)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="CSIM, landmark error (and SSIM/PSNR with --self) of a reenactment")
+    p.add_argument("--model", default=None, help="shipped name or checkpoint path (default: the shipped default)")
+    p.add_argument("--portrait", help="portrait image (not needed with --self)")
+    p.add_argument("--driver", required=True, help="driving video")
+    p.add_argument("--mode", default="ff", choices=["ff", "ft"])
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--steps", type=int, help="fine-tuning steps with --mode ft (default: the config's adapt.steps)")
+    p.add_argument("--max-frames", type=int, help="driver frames to use (default 60; 120 with --self)")
+    p.add_argument("--self", dest="self_reenact", action="store_true",
+                   help="reconstruct held-out frames of the driver's own video from K of its frames")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--json", required=True, help="output metrics JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from tkh.evaluate import evaluate_from_cli
+
+    evaluate_from_cli(args)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: animate the default portrait with the shipped weights")
+    p.add_argument("--portrait", default="grace-hopper", help="grace-hopper, mona-lisa or an image path")
+    p.add_argument("--out", default="out", help="output folder")
+    p.add_argument("--model", help="shipped name or checkpoint path (default: the shipped default)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps (default: 40 on a CPU, 200 on a GPU)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from tkh.demo import run_demo
+
+    run_demo(portrait=args.portrait, out_dir=Path(args.out), model=args.model, steps=args.steps, device=args.device)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tkh", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_landmarks, _add_preprocess, _add_train, _add_finetune, _add_animate, _add_evaluate, _add_demo):
+        add(sub)
+    return parser
+
+
+_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an errno
+
+
+def _os_error_message(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a full disk or an unwritable path (naming the file and what to do), else None."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        match = _RUST_OS_ERROR.search(str(exc))
+        code = int(match.group(1)) if match else None
+    where = getattr(exc, "filename", None) or getattr(args, "out", None) or "the output"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full writing {where}; free space (or choose another --out) and run the same command "
+                "again (finished work is kept)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where} ({os.strerror(code)}); choose a writable --out folder or fix its permissions"
+    if code in (errno.ENOTDIR, errno.EEXIST) and isinstance(exc, OSError):
+        return f"{where}: part of this path is a file, not a folder; choose another --out path"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TkhError as exc:
+        if args.debug:
+            raise
+        print(f"tkh {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the file system's errors, also when a library (safetensors, ffmpeg) reports them
+        message = None if args.debug else _os_error_message(exc, args)
+        if message is None:
+            raise
+        print(f"tkh {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tkh {args.command}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
