@@ -1,0 +1,207 @@
+"""Shared helpers of the benchmark scripts: timing (warm-up, median, p90), peak memory, tables, JSON.
+
+Every script prints a table and writes `benchmarks/results/<name>.json` with the machine it ran on
+(CPU model, cores, torch version, GPU name, load average), so numbers are never quoted without it.
+GPU rows on a machine without CUDA are written as "not measured: no GPU in this session", never invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NO_GPU = "not measured: no GPU in this session"
+
+if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout without installing tkh
+    sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments and devices
+# ---------------------------------------------------------------------------------------------
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:i]")
+    p.add_argument("--quick", action="store_true", help="fewer iterations and the smallest settings (CPU: <~2 min)")
+    p.add_argument("--dry-run", action="store_true", help="one iteration of the smallest case: proves the script runs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--json", type=Path, default=None, help="output JSON (default benchmarks/results/<name>.json)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Pick the device and CPU threads; returns the device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------
+def timeit(fn: Callable[[int], Any], device: torch.device, warmup: int = 3, iters: int = 10,
+           max_seconds: float | None = None) -> dict[str, float]:
+    """Call fn(i) `warmup` times untimed, then `iters` times timed (synchronising CUDA around each call).
+
+    Returns median / p90 / mean / min in milliseconds and the number of timed calls (fewer than `iters`
+    when `max_seconds` ran out; at least one).
+    """
+    for i in range(warmup):
+        fn(i)
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn(warmup + i)
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return summarize(times)
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float]:
+    t = sorted(times_ms)
+    p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
+    return {"median_ms": statistics.median(t), "p90_ms": p90, "mean_ms": statistics.fmean(t), "min_ms": t[0],
+            "n": len(t)}
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: CUDA's allocator peak, or the process's peak RSS (VmHWM, resettable on Linux)
+# ---------------------------------------------------------------------------------------------
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # "5" resets the peak RSS (VmHWM) of this process (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch (CUDA), else the process's peak resident set size, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# machine and output
+# ---------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on (and how busy it was)."""
+    info: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    try:
+        info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text table (also valid Markdown) of `columns` for each row; printed and returned."""
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    text = "\n".join([f"\n{title}", line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *(line(r) for r in cells)])
+    print(text, flush=True)
+    return text
+
+
+def write_json(name: str, args: argparse.Namespace, device: torch.device, rows: list[dict[str, Any]],
+               **extra: Any) -> Path:
+    """benchmarks/results/<name>.json (or --json): machine, arguments, rows, extras."""
+    path = args.json or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(device),
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "rows": rows, **extra}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def grace_hopper() -> Any:
+    """The portrait every benchmark adapts (matplotlib's sample photograph), RGB uint8."""
+    import matplotlib.cbook
+
+    from tkh.media import load_image
+
+    return load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))
+
+
+def random_model(config: str, device: torch.device, num_videos: int = 0, seed: int = 0):
+    """A TalkingHeadModel of a shipped config with random weights: speed does not depend on the values."""
+    from tkh.config import load_config
+    from tkh.models import TalkingHeadModel
+
+    torch.manual_seed(seed)
+    cfg = config if not isinstance(config, str) else load_config(config)
+    return TalkingHeadModel(cfg, num_videos=num_videos).to(device)
