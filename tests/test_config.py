@@ -35,3 +35,16 @@ def test_invalid_values_and_missing_file(tmp_path):
 def test_shipped_configs_load(name):
     cfg = load_config(name)
     assert cfg.model.image_size in (64, 128, 256)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers():
+    """YAML 1.1 reads `1e-4` as a string; `--set train.lr_eg=1e-4` must still give a float."""
+    from tkh.config import load_config
+    from tkh.errors import ConfigError
+
+    cfg = load_config("tiny").replace(train={"lr_eg": "1e-4", "steps": "12"})
+    assert cfg.train.lr_eg == 1e-4 and isinstance(cfg.train.lr_eg, float) and cfg.train.steps == 12
+    with pytest.raises(ConfigError, match="lr_eg"):
+        load_config("tiny").replace(train={"lr_eg": "fast"})
+    with pytest.raises(ConfigError, match="steps"):
+        load_config("tiny").replace(train={"steps": 2.5})

@@ -191,8 +191,26 @@ def _build(sub_cls: type, values: dict[str, Any], where: str) -> Any:
     converted = {}
     for key, value in values.items():
         default = getattr(sub_cls(), key) if _has_default(known[key]) else None
-        converted[key] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+        converted[key] = _coerce(value, default, f"{where}.{key}")
     return sub_cls(**converted)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Match the default's type where YAML guesses differently: YAML 1.1 reads `1e-4` (no dot) as a string."""
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, bool) or value is None or isinstance(value, bool):
+        return value
+    for kind in (float, int):
+        if isinstance(default, kind) and isinstance(value, (str, int, float)) and not isinstance(value, kind):
+            try:
+                number = kind(value) if isinstance(value, str) or kind is float else value
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number like {default!r}, got {value!r}") from None
+            if kind is int and isinstance(number, float):
+                raise ConfigError(f"{where}: expected a whole number like {default!r}, got {value!r}")
+            return number
+    return value
 
 
 def _has_default(f: dataclasses.Field) -> bool:
