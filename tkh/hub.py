@@ -9,6 +9,7 @@ Downloads to other caches (torch hub's, for face-alignment and VGG19) use `downl
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -131,10 +132,12 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, prefi
         return dest
     except ChecksumError as exc:
         raise ChecksumError(f"download of {url} failed its checksum ({exc}); the file was not kept") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+        # http.client.HTTPException covers a connection dropped mid-body (IncompleteRead of a chunked
+        # response), which is not an OSError and would otherwise escape as a traceback.
         if isinstance(exc, DownloadError):
             raise
-        reason = getattr(exc, "reason", exc)
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         raise DownloadError(f"could not download {url} ({reason}); check the network or place the file at {dest}") from None
     finally:
         tmp.unlink(missing_ok=True)
