@@ -202,3 +202,17 @@ def test_cli_user_error_is_one_line(tmp_path):
     lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("tkh landmarks: error:") and "blank.png" in lines[0], proc.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_cli_gif(tmp_path, carphone_path, monkeypatch):
+    """A GIF is read as a video (imageio's ffmpeg plugin refuses .gif; tkh.media reads it with PIL)."""
+    from tkh.cli import main
+    from tkh.media import write_video
+
+    monkeypatch.setenv("TKH_OFFLINE", "1")
+    gif = write_video(tmp_path / "carphone.gif", list(iter_video(carphone_path, every=10)), fps=3)
+    out = tmp_path / "gif.npz"
+    assert main(["landmarks", str(gif), "--out", str(out), "--backend", "dlib"]) == 0
+    data = np.load(out)
+    assert data["landmarks"].shape == (12, 68, 2) and data["valid"].mean() > 0.9
+    assert float(data["fps"]) == pytest.approx(3.0, rel=0.02) and tuple(data["image_size"]) == (144, 176)

@@ -56,11 +56,36 @@ def test_16bit_keeps_its_contrast(tmp_path, grace_hopper):
     assert np.abs(out[..., 0].astype(int) - grey // 257).max() <= 1
 
 
-def test_exif_rotation_is_applied(tmp_path, grace_hopper):
+# EXIF orientation tag -> how a viewer shows the stored pixels (the upright image tkh must return)
+ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],            # mirrored
+    3: lambda a: np.rot90(a, 2),        # upside down
+    6: lambda a: np.rot90(a, -1),       # rotate 90° clockwise (a phone held upright)
+    8: lambda a: np.rot90(a, 1),        # rotate 90° counter-clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied_pixel_for_pixel(tmp_path, grace_hopper, orientation):
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise on display
-    path = _save(Image.fromarray(grace_hopper), tmp_path / "rot.jpg", exif=exif.tobytes())
-    assert load_image(path).shape == (512, 600, 3)
+    exif[0x0112] = orientation
+    path = _save(Image.fromarray(grace_hopper), tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    out = load_image(path)
+    upright = ORIENTATIONS[orientation](grace_hopper)
+    assert out.shape == upright.shape
+    assert np.abs(out.astype(int) - upright).mean() < 1.5  # JPEG re-encoding only (measured 0.52)
+
+
+@pytest.mark.parametrize("ext", ["jpg", "tif"])
+def test_cmyk_gives_the_same_colours(tmp_path, grace_hopper, ext):
+    """PIL's CMYK JPEGs are Adobe-inverted and TIFFs are not: both come back as the RGB original."""
+    path = _save(Image.fromarray(grace_hopper).convert("CMYK"), tmp_path / f"cmyk.{ext}",
+                 **({"quality": 95} if ext == "jpg" else {}))
+    assert Image.open(path).mode == "CMYK"
+    out = load_image(path)
+    assert out.shape == grace_hopper.shape
+    assert np.abs(out.astype(int) - grace_hopper).mean() < 1.5  # measured 0.34 (jpg), 0 (tif)
 
 
 def test_rgba_alpha_is_composited_on_white():
@@ -156,6 +181,27 @@ def test_video_round_trip_and_unlabelled_file(tmp_path, grace_hopper, carphone_p
     frames, fps = read_video(path)
     assert frames.shape == (4, 600, 512, 3) and abs(fps - 8) < 1e-6
     assert read_label(carphone_path) is None
+
+
+def test_gif_reads_back_frame_by_frame(tmp_path, grace_hopper):
+    """A GIF is a video for tkh (animate's output, a driver, `tkh landmarks x.gif`): frames, fps, label."""
+    small = grace_hopper[:300:2, :256:2]
+    frames = [np.roll(small, 5 * i, axis=1) for i in range(5)]
+    path = write_video(tmp_path / "clip.gif", frames, fps=5, model="unit-test")
+    back, fps = read_video(path)
+    assert back.shape == (5, 150, 128, 3) and back.dtype == np.uint8 and fps == pytest.approx(5.0)
+    for a, b in zip(back, frames):  # a 256-colour palette per frame: small error (measured 3.8 grey levels)
+        assert np.abs(a.astype(int) - b).mean() < 8
+    assert len(list(iter_video(path, every=2))) == 3 and len(list(iter_video(path, max_frames=2))) == 2
+    assert "unit-test" in read_label(path)
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(path.read_bytes()[:3000])  # inside the first frame
+    with pytest.raises(BadInputError, match="cut.gif"):
+        list(iter_video(cut))
+    noise = tmp_path / "noise.gif"
+    noise.write_bytes(b"GIF89a" + bytes(range(256)) * 4)
+    with pytest.raises(BadInputError, match="noise.gif"):
+        list(iter_video(noise))
 
 
 def test_caption_is_visible(grace_hopper):

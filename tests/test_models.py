@@ -110,6 +110,51 @@ def test_discriminator_score_is_the_projection_formula():
     torch.testing.assert_close(s2, v @ w + disc.b)
 
 
+def test_spectral_norm_on_every_conv_and_self_attention_where_the_paper_puts_it():
+    """Sec. 3.4: every convolution (and E's/D's linear maps) is spectrally normalised: σ_max(W) ≈ 1 after
+    power iterations; P is the one linear map left plain. Self-attention sits at S/8 in E and D (32x32 at
+    256 px), after G's encoder block at S/8 and after G's decoder block at S/4 (64x64)."""
+    from torch.nn.utils import parametrize
+
+    from tkh.models.blocks import SelfAttention
+
+    cfg = narrow(128, embed_dim=48)  # embed_dim ≠ the trunk's width: E and D get their linear map to N
+    model = TalkingHeadModel(cfg, 3).train()
+    x, y = rand(1, 1, 3, 128, 128, seed=23), rand(1, 1, 3, 128, 128, seed=24)
+    with torch.no_grad():
+        for _ in range(12):  # each training-mode call runs one more power iteration per layer
+            model.D(model.G(y[:, 0], model.E(x, y)), y[:, 0], torch.tensor([0]))
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) > 40
+    plain = [n for n, m in layers if not parametrize.is_parametrized(m, "weight")]
+    assert plain == ["G.P"], plain
+    for name, m in layers:
+        if name == "G.P":
+            continue
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, abs=0.05), (name, sigma)
+    assert not any(parametrize.is_parametrized(m) for m in TalkingHeadModel(narrow(64, spectral_norm=False), 1).modules())
+
+    def attention_at(net, run) -> list[int]:
+        sizes = []
+        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+                 for m in net.modules() if isinstance(m, SelfAttention)]
+        with torch.no_grad():
+            run()
+        for h in hooks:
+            h.remove()
+        return sizes
+
+    model.eval()
+    assert attention_at(model.E, lambda: model.E(x, y)) == [128 // 8]
+    assert attention_at(model.D, lambda: model.D(x[:, 0], y[:, 0], torch.tensor([0]))) == [128 // 8]
+    assert attention_at(model.G, lambda: model.G(y[:, 0], model.E(x, y))) == [128 // 8, 128 // 4]
+    with torch.device("meta"):  # the paper's G without building 38M real weights
+        paper = Generator(ModelConfig(**{**vars(load_config("paper-256").model), "spectral_norm": False}))
+    assert (paper.attn_down_after, paper.attn_up_after) == (2, 1)  # after the 32x32 and the 64x64 blocks
+    assert [b.conv1.out_channels for b in paper.res] == [512] * 5  # 5 residual blocks at 512 x 16 x 16
+
+
 def test_save_load_round_trip(tmp_path):
     cfg = narrow(64)
     model = TalkingHeadModel(cfg, num_videos=4)

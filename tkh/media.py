@@ -153,9 +153,38 @@ def _short(exc: Exception) -> str:
     return text[-1][:200] if text else type(exc).__name__
 
 
+def _is_gif(path: Path) -> bool:
+    return path.suffix.lower() == ".gif"
+
+
+def _open_gif(path: Path) -> Image.Image:
+    """A GIF opened with PIL: imageio's FFMPEG plugin refuses the .gif extension."""
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"{path} is not a readable GIF ({_short(exc)}); re-export it or pass an mp4") from None
+
+
+def _gif_info(path: Path) -> dict[str, Any]:
+    with _open_gif(path) as im:
+        duration = float(im.info.get("duration") or 0) or 100.0  # ms per frame; browsers use 100 ms for 0
+        return {"fps": 1000.0 / duration, "n_frames": int(getattr(im, "n_frames", 1)), "size": im.size}
+
+
+def _gif_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a GIF one at a time, as PIL composes them (disposal applied), RGB uint8."""
+    from PIL import ImageSequence
+
+    with _open_gif(path) as im:
+        for frame in ImageSequence.Iterator(im):
+            yield np.asarray(frame.convert("RGB"))
+
+
 def video_info(path: str | os.PathLike) -> dict[str, Any]:
     """fps, frame count (estimated from the container) and (width, height) of a video."""
     path = _check_video_path(path)
+    if _is_gif(path):
+        return _gif_info(path)
     reader = _ffmpeg_reader(path)
     try:
         meta = reader.get_meta_data()
@@ -170,12 +199,18 @@ def video_info(path: str | os.PathLike) -> dict[str, Any]:
 def iter_video(path: str | os.PathLike, every: int = 1, max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Stream RGB uint8 frames; `every` keeps one frame in N. Raises BadInputError for no frames."""
     path = _check_video_path(path)
-    reader = _ffmpeg_reader(path)
+    if _is_gif(path):
+        frames = _gif_frames(path)
+        reader = frames  # closed below like imageio's reader
+        get_next = frames.__next__
+    else:
+        reader = _ffmpeg_reader(path)
+        get_next = reader.get_next_data
     n = kept = 0
     try:
         while max_frames is None or kept < max_frames:
             try:
-                frame = reader.get_next_data()
+                frame = get_next()
             except (IndexError, StopIteration):
                 break
             except Exception as exc:
