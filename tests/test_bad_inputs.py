@@ -246,6 +246,23 @@ def test_unusual_images_are_handled(kind, tmp_path, capsys, hopper_small, hopper
     assert lms[8, 1] > lms[27, 1]  # chin below the nose bridge: right way up
 
 
+def test_large_photo_under_the_limit_is_handled(tmp_path, capsys, hopper_small, hopper_lms):
+    """A 2400x2048 (4.9 Mpx) camera-sized photo: read and detected in full resolution, not refused."""
+    import cv2
+
+    big = cv2.resize(hopper_small, None, fx=8, fy=8, interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "big.jpg"
+    path.write_bytes(jpeg_bytes(big))
+    out = tmp_path / "big.npz"
+    rc, err = cli(capsys, "landmarks", path, "--out", out, "--backend", "dlib")
+    assert rc == 0, err
+    with np.load(out) as f:
+        lms, size = f["landmarks"], tuple(f["image_size"])
+    assert size == (2400, 2048)
+    err_px = np.linalg.norm(lms / 8 - hopper_lms, axis=1).mean()
+    assert err_px < 3.0, f"landmarks of the 8x photo, scaled back, differ by {err_px:.1f} px on average"
+
+
 # ---------------------------------------------------------------------------------------------
 # videos
 # ---------------------------------------------------------------------------------------------

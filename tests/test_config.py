@@ -48,3 +48,27 @@ def test_yaml_exponents_without_a_dot_are_numbers():
         load_config("tiny").replace(train={"lr_eg": "fast"})
     with pytest.raises(ConfigError, match="steps"):
         load_config("tiny").replace(train={"steps": 2.5})
+
+
+def test_defaults_are_the_papers_numbers():
+    """Loss weights, layers and the schedule default to the paper's (../shared/METHOD.md); paper-256 is its model."""
+    from tkh.config import LossConfig, TrainConfig
+    from tkh.nets import vgg19, vggface
+
+    loss = LossConfig()
+    assert loss.vgg19_layers == vgg19.DEFAULT_LAYERS == (1, 6, 11, 20, 29)
+    assert vggface.DEFAULT_LAYERS == (1, 6, 11, 18, 25)
+    assert (loss.vgg19_weight, loss.face_weight, loss.fm_weight, loss.mch_weight) == (1.5e-1, 2.5e-2, 10.0, 80.0)
+    assert loss.allow_no_perceptual is False  # never silently train without a perceptual network
+    train = TrainConfig()
+    assert (train.lr_eg, train.lr_d, train.d_steps_per_g, train.k_shots) == (5e-5, 2e-4, 2, 8)
+    paper = load_config("paper-256")
+    m = paper.model
+    assert (m.image_size, m.base_channels, m.max_channels, m.embed_dim, m.bottleneck_size, m.gen_res_blocks) == (
+        256, 64, 512, 512, 16, 5)
+    assert m.attention and m.spectral_norm
+    assert (paper.loss.vgg19_weight, paper.loss.face_weight, paper.loss.fm_weight, paper.loss.mch_weight) == (
+        1.5e-1, 2.5e-2, 10.0, 80.0)
+    assert (paper.train.lr_eg, paper.train.lr_d, paper.train.d_steps_per_g, paper.train.k_shots) == (5e-5, 2e-4, 2, 8)
+    for name in ("tiny", "small", "paper-256"):
+        assert load_config(name).loss.allow_no_perceptual is False

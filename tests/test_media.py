@@ -112,6 +112,40 @@ def test_any_array_layout_becomes_rgb_uint8(h, w, channels, dtype):
     assert out.shape == (h, w, 3) and out.dtype == np.uint8
 
 
+# (dtype, channels) -> the file formats PIL writes that layout to losslessly
+FILE_LAYOUTS = {
+    ("uint8", None): ["png", "tif", "bmp"], ("uint8", 3): ["png", "tif", "bmp", "webp_lossless"],
+    ("uint8", 4): ["png", "tif"], ("uint16", None): ["png", "tif"], ("float32", None): ["tif"],
+    ("bool", None): ["png", "tif", "bmp"],
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 48), w=st.integers(1, 48), layout=st.sampled_from(sorted(FILE_LAYOUTS, key=str)),
+       pick=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_any_shape_and_dtype_in_a_file_reads_back_as_the_array(tmp_path_factory, h, w, layout, pick, seed):
+    """Hypothesis: random sizes and sample types written to real files (PNG, TIFF, BMP, lossless WebP) load as
+    RGB uint8 equal to the same array converted in memory: the file path and the array path agree."""
+    dtype, channels = layout
+    fmt = FILE_LAYOUTS[layout][pick % len(FILE_LAYOUTS[layout])]
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if channels is None else (h, w, channels)
+    if dtype == "bool":
+        arr = rng.random(shape) > 0.5
+    elif dtype == "float32":
+        arr = rng.random(shape).astype(np.float32)
+    else:
+        arr = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    if channels == 4:
+        arr[..., 3] = np.where(rng.random((h, w)) > 0.5, 255, 0)  # opaque or transparent: exact compositing
+    path = tmp_path_factory.mktemp("hyp") / f"x.{fmt.split('_')[0]}"
+    Image.fromarray(arr).save(path, **({"lossless": True} if fmt == "webp_lossless" else {}))
+    out = load_image(path)
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    expected = to_rgb_uint8(arr)
+    assert np.abs(out.astype(int) - expected).max() <= 1, (fmt, layout)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((5, 5, 5)), np.zeros((2, 2, 2, 2)), np.zeros((0, 4, 3))])
 def test_bad_array_shapes_are_one_line_errors(bad):
     with pytest.raises(BadInputError, match="expected an image"):

@@ -94,7 +94,7 @@ def test_port_matches_dlib_compute_face_descriptor(image_name, request, net, dli
     diff_exact, diff_tkh = np.abs(exact - reference).max(), np.abs(via_tkh - reference).max()
     print(f"{image_name}: max |torch - dlib| = {diff_exact:.2e} (dlib input), {diff_tkh:.2e} ([-1,1] input)")
     assert exact.shape == (128,)
-    assert diff_exact < 1e-4 and diff_tkh < 1e-4
+    assert diff_exact < 1e-5 and diff_tkh < 1e-5  # float rounding: measured 2.8e-7 and 3.0e-7
     assert np.linalg.norm(reference) > 0.5  # a real descriptor, not zeros
 
 

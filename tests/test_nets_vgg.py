@@ -130,3 +130,27 @@ def test_face_network_kinds_and_availability(tmp_path, monkeypatch):
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / FILENAME).write_bytes(b"x")
     assert "vgg19" in nets.available_perceptual()
+
+
+@pytest.mark.parametrize("loader", ["vgg19", "vggface"])
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path, loader):
+    """torch.load(weights_only=True): a .pth whose unpickling would run a command is refused and never runs it,
+    both in the plain-pickle format and in torch.save's zip format."""
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    plain, zipped = tmp_path / "plain.pth", tmp_path / "zipped.pth"
+    plain.write_bytes(pickle.dumps({"features.0.weight": Payload()}))
+    torch.save({"features.0.weight": Payload()}, zipped)
+    load = load_vgg19 if loader == "vgg19" else load_vggface
+    for path in (plain, zipped):
+        with pytest.raises(WeightsUnavailableError, match=path.name) as info:
+            load(path)
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
