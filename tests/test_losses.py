@@ -133,3 +133,22 @@ def test_dlib_face_network_content_loss():
     assert all(p.grad is None for p in loss.parameters())  # frozen
     loss.train()
     assert not any(m.training for net in loss.nets.values() for m in net.modules())  # stays in eval mode
+
+
+def test_auto_uses_what_loads_and_refuses_when_nothing_does(tmp_path):
+    """perceptual='auto': the real networks that load are used (here the offline dlib one, with a warning that
+    VGG19 is missing); with no real weights at all it refuses, and the pixel fallback needs allow_no_perceptual."""
+    pytest.importorskip("face_recognition_models")
+    no_vgg = str(tmp_path / "vgg19-dcbb9e9d.pth")  # absent: no download is tried for an explicit path
+    with pytest.warns(UserWarning, match="using dlib only"):
+        loss = PerceptualLoss(LossConfig(perceptual="auto", vgg19_path=no_vgg))
+    assert list(loss.nets) == ["dlib"] and loss.pixel_weight == 0
+
+    nothing = LossConfig(perceptual="auto", vgg19_path=no_vgg, face_weights_path=str(tmp_path / "no-face.dat"))
+    with pytest.raises(WeightsUnavailableError) as info:
+        PerceptualLoss(nothing)
+    msg = str(info.value)
+    assert "no perceptual network" in msg and "allow_no_perceptual" in msg and "no-face.dat" in msg
+    allowed = LossConfig(**{**vars(nothing), "allow_no_perceptual": True})
+    with pytest.warns(UserWarning, match="pixel L1"):
+        assert PerceptualLoss(allowed).describe().startswith("L_CNT: none (pixel L1")
