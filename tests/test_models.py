@@ -348,3 +348,16 @@ def test_overfit_one_real_face(grace_hopper):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0], losses
+
+
+def test_parameter_table_command(capsys):
+    """`python -m tkh.models` prints every shipped config's counts per network beside the paper's."""
+    from tkh.models.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny: 64px", "small: 128px", "paper-256: 256px"):
+        assert name in out
+    paper = out[out.index("paper-256:"):]
+    assert "E (embedder)" in paper and "14.91M" in paper and "37.95M" in paper and "19.63M" in paper
+    assert main(["no-such-config"]) == 2 and "no-such-config" in capsys.readouterr().err
