@@ -9,13 +9,20 @@ This module only wires widgets to `Puppet.render_pair`; every model call lives i
   least `min_interval` seconds between renders, and never renders a value that was superseded while
   it was busy. A fast drag of 50 events therefore costs a handful of renders, not 50.
 
+- Programmatic values are set to exactly the float the browser's slider (noUiSlider) would hold for
+  them (`slider_value`). Otherwise the front end "corrects" e.g. 0.04 to 0.040000000000000036 and
+  sends it back; while a cell is running the kernel only reads that echo after the cell, so a stale
+  value overwrites the last one the code set (seen in the browser test: brows stuck at 0.04).
+
 `PuppetApp(puppet).widget` is what a notebook displays; `app.set_controls(jaw_open=0.8)` drives it
-from code (tests, scripted demos) and waits until that frame is shown.
+from code (tests, scripted demos) and waits until that frame is shown; `app.play(video)` drives the
+shown frame from a video of a person through the same render path.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 from pathlib import Path
@@ -23,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from tkh.landmarks import rasterize
 from tkh.puppet import CONTROLS, PRESETS, Puppet, neutral_controls
 
-__all__ = ["PuppetApp", "jpeg_bytes"]
+__all__ = ["SLIDERS", "PuppetApp", "jpeg_bytes", "slider_value"]
 
 # Slider table: control -> (label, min, max, step). Ranges match `tkh.landmarks.edit`; presets lie on the grid.
 SLIDERS: dict[str, tuple[str, float, float, float]] = {
@@ -39,6 +47,21 @@ SLIDERS: dict[str, tuple[str, float, float, float]] = {
     "roll": ("roll °", -30.0, 30.0, 0.5),
 }
 assert tuple(SLIDERS) == CONTROLS
+
+
+def slider_value(value: float, lo: float, hi: float, step: float) -> float:
+    """`value` clipped to [lo, hi], on the step grid, as the exact float a browser slider holds for it.
+
+    Mirrors noUiSlider's arithmetic (the slider ipywidgets' FloatSlider draws): value -> percent of the
+    range -> nearest step (in percent) -> value. E.g. 0.04 on [-1, 1] becomes 0.040000000000000036.
+    The result is a fixed point of that round trip, so the front end has nothing to send back.
+    """
+    v = min(max(float(value), lo), hi)
+    pct = 100.0 if v >= hi else 100 * (v - lo) / (hi - lo)
+    if pct < 100:
+        pct_step = 100 * step / (hi - lo)
+        pct = math.floor(pct / pct_step + 0.5) * pct_step  # JavaScript's Math.round
+    return float(hi) if pct >= 100 else pct * (hi - lo) / 100 + lo
 
 
 def jpeg_bytes(image: np.ndarray, quality: int = 90, size: int | None = None) -> bytes:
@@ -96,7 +119,7 @@ class PuppetApp:
                                             tooltip="record the slider path", layout=w.Layout(width="90px"))
         self.record_button.observe(self._on_record, names="value")
         self.export_name = w.Text(value=str(export_path), description="file", style={"description_width": "30px"},
-                                  layout=w.Layout(width="200px"))
+                                  tooltip="name.mp4 or name.gif", layout=w.Layout(width="200px"))
         self.export_button = w.Button(description="export", icon="download", layout=w.Layout(width="90px"))
         self.export_button.on_click(lambda _b: self.export())
         self.status = w.Label(value="")
@@ -104,6 +127,10 @@ class PuppetApp:
 
         self.image = w.Image(format="jpeg", layout=w.Layout(width="auto", height="auto"))
         self.image.add_class("tkh-puppet-frame")  # the browser test finds the frame by this class
+        # the photo being animated, encoded once: the reference a user compares the result against
+        self.source_image = w.Image(value=jpeg_bytes(puppet.source, size=max(48, self.display_size // 3)),
+                                    format="jpeg", layout=w.Layout(width="auto", height="auto"))
+        self.source_image.add_class("tkh-puppet-source")
 
         controls_box = w.VBox(list(self.sliders.values()))
         buttons = w.HBox([self.reset_button, self.show_landmarks, self.record_button])
@@ -111,7 +138,8 @@ class PuppetApp:
         recorder = w.HBox([self.export_name, self.export_button])
         right = w.VBox([controls_box, w.HTML("<b>presets</b> (gaze-free)"), presets, buttons, recorder,
                         self.fps_label, self.status])
-        self.widget = w.HBox([w.VBox([self.image]), right])
+        source = w.HBox([self.source_image, w.HTML("<b>source</b><br>the photo the<br>model adapted to")])
+        self.widget = w.HBox([w.VBox([self.image, source]), right])
 
         # latest-wins machinery: the wanted controls, what is on screen, a wake-up event and a worker
         self._lock = threading.Lock()  # guards _wanted / _shown (held for microseconds)
@@ -144,9 +172,9 @@ class PuppetApp:
         try:
             for name, value in controls.items():
                 s = self.sliders[name]
-                # on the slider's grid: the browser snaps off-grid values and would send the snapped
-                # value back, racing the next programmatic change (sliders drifting by a step)
-                s.value = float(min(max(round(round(float(value) / s.step) * s.step, 6), s.min), s.max))
+                # exactly what the browser's slider would hold: any other float is "corrected" there and
+                # echoed back, racing the next programmatic change (sliders drifting by a step)
+                s.value = slider_value(value, s.min, s.max, s.step)
         finally:
             self._suspend = False
         self._request()
@@ -189,6 +217,27 @@ class PuppetApp:
         n = len(getattr(self.puppet, "recording", []) or [])
         self.status.value = f"saved {out} ({n} recorded frames)"
         return out
+
+    def play(self, driver: Any, max_frames: int | None = None, backend: str = "auto") -> int:
+        """Show the portrait following a driving video (a file of the user), a .npz track or a `tkh.animate.Track`.
+
+        The same path as the sliders (`Puppet.drive_from_video`: the driver's motion, normalised onto the
+        portrait, -> rasterize -> G), shown frame by frame in the app's image; slider renders wait meanwhile.
+        Returns the number of frames shown; the last one stays until a slider moves.
+        """
+        name = Path(driver).name if isinstance(driver, (str, Path)) else type(driver).__name__
+        self.status.value = f"driving from {name}: tracking landmarks"
+        shown = 0
+        with self._engine_lock:
+            track = self.puppet.driving_landmarks(driver, max_frames=max_frames, backend=backend)
+            for lms in track:
+                frame = self.puppet.render_landmarks(lms)
+                y = rasterize(lms, self.puppet.size) if self.show_landmarks.value else None
+                self._show(frame, y)
+                shown += 1
+                self.status.value = f"driving from {name}: frame {shown}/{len(track)}"
+        self.status.value = f"drove {shown} frames from {name}; move a slider to take over"
+        return shown
 
     def close(self) -> None:
         """Stop the render thread and close the widgets."""
@@ -258,9 +307,13 @@ class PuppetApp:
             self.status.value = f"render failed: {self.last_error}"
             return
         self.stats["renders"] += 1
-        shown = np.concatenate([frame, y], axis=1) if with_landmarks else frame
-        self.frame, self.landmark_frame = frame, y  # the last rendered arrays (tests read them)
-        self.image.value = jpeg_bytes(shown, size=self.display_size)
+        self._show(frame, y if with_landmarks else None)
+        self.landmark_frame = y  # the last rendered arrays (tests read them)
+
+    def _show(self, frame: np.ndarray, y: np.ndarray | None) -> None:
+        """Put a rendered frame (and the landmark image beside it when given) on screen, with the frame rate."""
+        self.frame = frame
+        self.image.value = jpeg_bytes(frame if y is None else np.concatenate([frame, y], axis=1), size=self.display_size)
         ms = self.puppet.last_ms
         self.fps_label.value = (f"{ms:.0f} ms/frame ≈ {1000 / ms:.1f} fps on {self.puppet.device}"
                                 f"{' (bf16)' if self.puppet.use_bf16 else ''}")
