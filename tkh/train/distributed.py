@@ -11,9 +11,10 @@ Why D's per-video matrix W needs no special care: W is an ordinary dense paramet
 backward writes a dense W.grad with non-zero rows only for the videos of its own episodes, and DDP's
 all-reduce averages these dense gradients over ranks. Rows touched on different ranks are thereby
 summed (divided by the world size), which is exactly the gradient of the mean loss over the global
-batch: the same W.grad one process computes on the whole batch (tested in tests/test_train_ddp.py).
+batch: the same W.grad one process computes on the whole batch (tested in tests/test_train_processes.py).
 A sparse embedding (`sparse=True`) would not be all-reduced by DDP; that is why W is not one.
-Only rank 0 writes logs, samples and checkpoints.
+Only rank 0 writes logs, samples and checkpoints; the logged losses are averaged over the ranks
+(`all_mean`), so log.csv shows the global batch's losses whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "teardown", "all_flags"]
+__all__ = ["DistInfo", "setup", "teardown", "all_flags", "all_mean"]
 
 
 @dataclass
@@ -70,3 +71,12 @@ def all_flags(values: list[float], info: DistInfo, device: torch.device) -> list
     t = torch.tensor(values, dtype=torch.float32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
+
+
+def all_mean(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Element-wise mean over ranks (loss parts for the log: the global batch's mean, not rank 0's share)."""
+    if not info.enabled or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / info.world_size).tolist()

@@ -28,6 +28,7 @@ in a row training stops with NonFiniteLossError; the last good checkpoint stays.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class Callbacks:
     on_step: Callable[[StepInfo], None] | None = None                 # after every step
     on_sample: Callable[[int, np.ndarray], None] | None = None        # (step, grid uint8 (H, W, 3)) every sample_every
     should_stop: Callable[[StepInfo], bool] | None = None             # True: stop after this step (checkpoint written)
+    # (step, phase index, phase name, model) after each phase's backward, before its optimiser step: the
+    # gradients in model's .grad are final (all-reduced over ranks under DDP). Gradient-norm monitoring;
+    # the DDP test compares them with one process's.
+    on_grads: Callable[[int, int, str, nn.Module], None] | None = None
 
 
 @dataclass
@@ -167,8 +172,11 @@ class MetaStep(nn.Module):
 
 
 def run_phase(phase: Phase, runner: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-              batch: dict[str, torch.Tensor], fake: torch.Tensor | None, ctx: _Ctx):
-    """zero grads -> loss -> backward -> (if finite on every rank) optimiser step. Returns (ok, parts, fake)."""
+              batch: dict[str, torch.Tensor], fake: torch.Tensor | None, ctx: _Ctx,
+              after_backward: Callable[[], None] | None = None):
+    """zero grads -> loss -> backward -> (if finite on every rank) optimiser step. Returns (ok, parts, fake).
+
+    after_backward (optional) sees the final gradients, before the step."""
     opt = optimizers[phase.optimizer]
     for o in optimizers.values():
         o.zero_grad(set_to_none=True)
@@ -187,9 +195,13 @@ def run_phase(phase: Phase, runner: nn.Module, optimizers: dict[str, torch.optim
     if ok:
         ok = all(bool(torch.isfinite(p.grad).all()) for g in opt.param_groups for p in g["params"] if p.grad is not None)
     ok = distributed.all_flags([0.0 if ok else 1.0], ctx.dist, ctx.device)[0] == 0.0
+    if after_backward is not None:
+        after_backward()
     if ok:
         opt.step()
-    return ok, {f"{phase.prefix}_{k}": float(v) for k, v in parts.items()}, fake
+    keys = list(parts)  # the same keys on every rank (same code path)
+    values = distributed.all_mean([float(parts[k]) for k in keys], ctx.dist, ctx.device)
+    return ok, {f"{phase.prefix}_{k}": v for k, v in zip(keys, values)}, fake
 
 
 @dataclass
@@ -467,8 +479,10 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
 
                     # one step: the phases, in order
                     ok, fake, collected = True, None, {}
-                    for phase in phases:
-                        phase_ok, phase_parts, fake = run_phase(phase, runner, optimizers, batch, fake, ctx)
+                    for n_phase, phase in enumerate(phases):
+                        hook = (functools.partial(callbacks.on_grads, state.step + 1, n_phase, phase.name, model)
+                                if info.is_main and callbacks.on_grads is not None else None)
+                        phase_ok, phase_parts, fake = run_phase(phase, runner, optimizers, batch, fake, ctx, hook)
                         ok &= phase_ok
                         for k, v in phase_parts.items():
                             collected.setdefault(k, []).append(v)
