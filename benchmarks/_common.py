@@ -1,7 +1,8 @@
 """Shared helpers of the benchmark scripts: timing (warm-up, median, p90), peak memory, tables, JSON.
 
-Every script prints a table and writes `benchmarks/results/<name>.json` with the machine it ran on
-(CPU model, cores, torch version, GPU name, load average), so numbers are never quoted without it.
+Every script prints a table and writes `benchmarks/results/<name>-<device>.json` (device = cpu or cuda)
+with the machine it ran on (CPU model, cores, torch version and threads, GPU name, load average), so
+numbers are never quoted without it, and a GPU run never overwrites the CPU numbers.
 GPU rows on a machine without CUDA are written as "not measured: no GPU in this session", never invented.
 """
 
@@ -24,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NO_GPU = "not measured: no GPU in this session"
+_LOAD_AT_START: list[float] | None = None
 
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout without installing tkh
     sys.path.insert(0, str(ROOT))
@@ -38,12 +40,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer iterations and the smallest settings (CPU: <~2 min)")
     p.add_argument("--dry-run", action="store_true", help="one iteration of the smallest case: proves the script runs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--json", type=Path, default=None, help="output JSON (default benchmarks/results/<name>.json)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="output JSON (default benchmarks/results/<name>-<device>.json)")
     return p
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Pick the device and CPU threads; returns the device."""
+    """Pick the device and CPU threads; returns the device. Notes the load average at the start."""
+    global _LOAD_AT_START
+    _LOAD_AT_START = _loadavg()
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.device
@@ -69,22 +74,25 @@ def timeit(fn: Callable[[int], Any], device: torch.device, warmup: int = 3, iter
            max_seconds: float | None = None) -> dict[str, float]:
     """Call fn(i) `warmup` times untimed, then `iters` times timed (synchronising CUDA around each call).
 
-    Returns median / p90 / mean / min in milliseconds and the number of timed calls (fewer than `iters`
-    when `max_seconds` ran out; at least one).
+    Returns median / p90 / mean / min wall time in milliseconds, the median CPU time of this process per
+    call (`cpu_median_ms`: all its threads; on a busy machine, with one thread, it estimates the wall time
+    on an idle core) and the number of timed calls (fewer than `iters` when `max_seconds` ran out; >= 1).
     """
     for i in range(warmup):
         fn(i)
     sync(device)
     times: list[float] = []
+    cpu: list[float] = []
     start = time.perf_counter()
     for i in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn(warmup + i)
         sync(device)
         times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    return summarize(times)
+    return {**summarize(times), "cpu_median_ms": statistics.median(cpu)}
 
 
 def summarize(times_ms: Sequence[float]) -> dict[str, float]:
@@ -107,6 +115,17 @@ def reset_peak_memory(device: torch.device) -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def rss_mib() -> float:
+    """The process's current resident set size in MiB (Linux; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -143,17 +162,27 @@ def machine(device: torch.device) -> dict[str, Any]:
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
-    try:
-        info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
+    # Other processes on the machine make CPU numbers noisy: the load at the start and end says how much.
+    info["load_average_1_5_15_at_start"] = _LOAD_AT_START
+    info["load_average_1_5_15"] = _loadavg()
     return info
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def fmt(v: Any) -> str:
@@ -175,8 +204,8 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) 
 
 def write_json(name: str, args: argparse.Namespace, device: torch.device, rows: list[dict[str, Any]],
                **extra: Any) -> Path:
-    """benchmarks/results/<name>.json (or --json): machine, arguments, rows, extras."""
-    path = args.json or RESULTS / f"{name}.json"
+    """benchmarks/results/<name>-<device>.json (or --json): machine, arguments, rows, extras."""
+    path = args.json or RESULTS / f"{name}-{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(device),
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

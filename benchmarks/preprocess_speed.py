@@ -44,19 +44,21 @@ def detect_crop(frames, backend: str, device: torch.device, size: int, batch: in
             "frames_per_s": len(frames) / (t["median_ms"] / 1000), "median_ms": t["median_ms"]}
 
 
-def preprocess_run(videos: list[Path], workers: int, backend: str, size: int, fpv: int) -> dict[str, Any]:
+def preprocess_run(videos: list[Path], workers: int, backend: str, size: int, fpv: int,
+                   device: str | None = None) -> dict[str, Any]:
     from tkh.data import preprocess
 
     out = Path(tempfile.mkdtemp(prefix="tkh_bench_cache_"))
     try:
         t0 = time.perf_counter()
         preprocess(videos, out / "cache", size=size, frames_per_video=fpv, backend=backend, workers=workers,
-                   progress=False)
+                   device=device, batch_size=16 if device and device.startswith("cuda") else 8, progress=False)
         sec = time.perf_counter() - t0
     finally:
         shutil.rmtree(out, ignore_errors=True)
     n = len(videos) * fpv
-    return {"stage": "tkh.data.preprocess", "backend": backend, "workers": workers, "frames": n,
+    return {"stage": "tkh.data.preprocess", "backend": backend, "device": (device or "cpu").split(":")[0],
+            "workers": workers, "frames": n,
             "frames_per_s": n / sec, "median_ms": sec * 1000}
 
 
@@ -89,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             videos.append(write_video(Path(tmp) / f"clip{i}.mp4", fr, fps=25))
         del src
         for w in ([1] if args.dry_run else args.workers):
-            rows.append({"device": "cpu", **preprocess_run(videos, w, "dlib", args.size, fpv)})
-    base = next((r for r in rows if r.get("workers") == 1), None)
+            rows.append(preprocess_run(videos, w, "dlib", args.size, fpv))
+        if device.type == "cuda" and fa_ready:  # face-alignment batched on the GPU, one process
+            rows.append(preprocess_run(videos, 1, "face_alignment", args.size, fpv, device=str(device)))
+    base = next((r for r in rows if r.get("workers") == 1 and r["backend"] == "dlib"), None)
     for r in rows:
-        if base and r.get("workers"):
+        if base and r.get("workers") and r["backend"] == "dlib":
             r["speedup"] = r["frames_per_s"] / base["frames_per_s"]
     C.print_table(f"Preprocessing, {args.size}-px crops (carphone 176x144)", rows,
                   ["stage", "backend", "device", "batch", "workers", "frames", "frames_per_s", "speedup", "note"])
