@@ -29,6 +29,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+# The sliders after the notebook's last cell ("A sequence, rendered headless": reset, then yaw=25, smile=0.3).
+# Checked in the browser before the keyboard moves one: a slider off its value would be a stale front-end
+# echo the kernel applied after the cell (tkh.widgets.slider_value), e.g. brows stuck at 0.04.
+AFTER_RUN = {"jaw open": 0.0, "smile": 0.3, "blink L": 0.0, "blink R": 0.0, "brows": 0.0, "yaw °": 25.0,
+             "pitch °": 0.0, "roll °": 0.0}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -119,6 +125,16 @@ def test_puppeteer_notebook_in_jupyterlab(jupyterlab):
             # the last cell ends with a figure: every cell ran, nothing else will move the sliders
             page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-OutputArea-output img").first.wait_for(
                 state="attached", timeout=180_000)
+            # the kernel reads the front end's slider messages only between cells: let them all land
+            page.wait_for_function(
+                "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+                timeout=60_000)
+            page.wait_for_timeout(1500)
+            readouts = {}
+            for label in AFTER_RUN:
+                row = page.locator(".widget-slider").filter(has_text=label).first
+                readouts[label] = float(row.locator(".widget-readout").text_content())
+            page.locator("img.tkh-puppet-source").first.wait_for(state="visible", timeout=10_000)
             before = frame.get_attribute("src")
             slider = page.locator(".widget-slider").filter(has_text="jaw open").locator(".noUi-handle").first
             slider.scroll_into_view_if_needed()
@@ -138,6 +154,7 @@ def test_puppeteer_notebook_in_jupyterlab(jupyterlab):
         finally:
             browser.close()
 
+    assert readouts == pytest.approx(AFTER_RUN), readouts  # no slider drifted by a stale echo
     assert float(readout) == pytest.approx(1.0), readout  # the keyboard moved the slider to its end
     img = np.asarray(Image.open(io.BytesIO(frame_png)).convert("RGB"))
     assert img.shape[0] >= 100 and img.std() > 10  # the portrait is shown, not a blank box

@@ -44,3 +44,18 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     assert readme.index("```bash") < 200  # the very first lines
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci
+
+
+def test_ci_installs_debian_chromium_and_playwright_uses_it():
+    """The browser test really runs in CI: apt's chromium, playwright from [dev], no browser download."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "playwright" in _names(project["optional-dependencies"]["dev"])
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get update" in ci and "apt-get install -y" in ci and "--no-install-recommends chromium" in ci
+    assert "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1" in ci
+    assert ci.index("|| install_chromium") < ci.index("bash setup.sh")  # before the tests run
+    browser_test = (ROOT / "tests" / "test_browser.py").read_text()
+    assert "executable_path=str(CHROMIUM)" in browser_test
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]:
+        assert f'"{flag}"' in browser_test, flag

@@ -138,7 +138,7 @@ class PuppetApp:
         recorder = w.HBox([self.export_name, self.export_button])
         right = w.VBox([controls_box, w.HTML("<b>presets</b> (gaze-free)"), presets, buttons, recorder,
                         self.fps_label, self.status])
-        source = w.HBox([self.source_image, w.HTML("<b>source</b><br>the photo the<br>model adapted to")])
+        source = w.HBox([self.source_image, w.HTML("<div style='line-height:1.3'><b>source</b><br>the photo the<br>model adapted to</div>")])
         self.widget = w.HBox([w.VBox([self.image, source]), right])
 
         # latest-wins machinery: the wanted controls, what is on screen, a wake-up event and a worker
