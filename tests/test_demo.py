@@ -79,6 +79,43 @@ def test_run_demo_tiny_model_outputs_labelled(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "demo.json").read_text())["model"] == "tiny-test"
 
 
+def test_demo_without_weights_is_one_actionable_line(tmp_path, monkeypatch, capsys):
+    """What a user gets while pretrained/ is empty: exit 2, one line naming the ways out, no traceback, no files."""
+    from tkh.cli import main
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("TKH_PRETRAINED", str(tmp_path / "empty"))
+    rc = main(["demo", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("tkh demo: error: the demo needs meta-trained weights")
+    for hint in ("TKH_PRETRAINED", "pretrained/", "tkh train --config configs/small.yaml", "tkh demo --model"):
+        assert hint in err[0], hint
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def test_tkh_demo_command_end_to_end_on_cpu(tmp_path):
+    """`tkh demo` exactly as the README runs it (a fresh process, offline, 2 threads, default settings: 40 FT
+    steps, 60 frames), on the tiny fixture model in a temporary pretrained/ (TKH_PRETRAINED)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TKH_OFFLINE": "1",
+           "TKH_PRETRAINED": str(make_tiny_pretrained(tmp_path / "pretrained"))}
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "tkh.cli", "demo", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    took = time.perf_counter() - t
+    print(r.stdout, f"\ntkh demo (tiny fixture model, default settings) took {took:.0f}s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    summary = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert summary["model"] == "tiny-test" and summary["portrait"] == "grace-hopper" and summary["device"] == "cpu"
+    assert 0 < summary["ft_steps"] <= 40 and summary["frames"] == 5 * 12
+    for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
+        assert "tkh" in (read_label(tmp_path / "out" / name) or ""), name
+    assert took < 300
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "pretrained" / "manifest.json").is_file(), reason="no shipped weights yet")
 def test_tkh_demo_cli_with_shipped_weights(tmp_path):

@@ -78,6 +78,28 @@ def test_load_checkpoint_path(tmp_path):
     assert model.weights_sha256 and model.weights_name.endswith("run.safetensors")
 
 
+def test_load_run_folder_and_no_weights_messages(tmp_path, monkeypatch):
+    """A `tkh train` run folder loads its latest checkpoint; folders without weights say what to do."""
+    from tkh.config import load_config
+    from tkh.models import TalkingHeadModel
+    from tkh.train import TrainState, save_checkpoint
+
+    model = TalkingHeadModel(load_config("tiny"), num_videos=2)
+    opt = {"D": torch.optim.Adam(model.D.parameters())}
+    weights = save_checkpoint(tmp_path / "run" / "checkpoints", model, opt, TrainState(step=7), ["a", "b"])
+    for folder in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        loaded = pretrained.load(folder)
+        assert loaded.meta["step"] == 7 and loaded.weights_name == str(weights.resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsUnavailableError, match=r"neither a manifest.json .* nor a `tkh train` checkpoint"):
+        pretrained.load(tmp_path / "empty")
+    monkeypatch.setenv("TKH_PRETRAINED", str(tmp_path / "empty"))
+    with pytest.raises(WeightsUnavailableError) as err:
+        pretrained.load()
+    msg = str(err.value)
+    assert "None" not in msg and "no manifest.json" in msg and "TKH_PRETRAINED" in msg and "run folder" in msg
+
+
 def test_shipped_weights_verify():
     """The weights in the repository's pretrained/ (when present) match their manifest and load on CPU."""
     if not (ROOT / "pretrained" / "manifest.json").is_file():

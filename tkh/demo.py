@@ -76,6 +76,20 @@ def _peaks(script: str, frames_per_edit: int) -> list[int]:
     return peaks
 
 
+def _load_weights(model: str | None, device: torch.device):
+    """`tkh.pretrained.load`, with what a demo user can do when there are no weights (one line, no traceback)."""
+    from tkh import pretrained
+    from tkh.errors import WeightsUnavailableError
+
+    try:
+        return pretrained.load(model, map_location=device)
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(
+            f"the demo needs meta-trained weights. {str(exc).rstrip('.')}. To train your own: `tkh preprocess VIDEOS "
+            "--out CACHE --size 128`, `tkh train --config configs/small.yaml --data CACHE --out runs/mine`, then "
+            "`tkh demo --model runs/mine`") from None
+
+
 def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model: str | None = None,
              device: str | torch.device | None = None, steps: int | None = None, frames_per_edit: int | None = None,
              script: str = DEMO_SCRIPT, progress: bool = True, verbose: bool = True) -> dict[str, Any]:
@@ -84,7 +98,6 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
     model: a shipped name or checkpoint path (default: the manifest's default). steps / frames_per_edit:
     override `demo_settings`. Writes out_dir/animation.mp4, animation.gif, contact_sheet.png, demo.json.
     """
-    from tkh import pretrained
     from tkh.adapt import adapt, default_device
     from tkh.animate import animate
     from tkh.config import AdaptConfig
@@ -103,10 +116,10 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
     if frames_per_edit is not None:
         settings["frames_per_edit"] = frames_per_edit
 
+    net = _load_weights(model, device)  # first: without weights there is nothing to do (and no download)
     p = load_portrait(portrait)
     if p.fallback_reason:
         say(f"tkh demo: {p.fallback_reason}")
-    net = pretrained.load(model, map_location=device)
     label = f"{net.weights_name} ({net.cfg.model.name}, {net.cfg.model.image_size}px)"
     say(f"tkh demo: portrait {p.name}; weights {label}; device {device}")
     t_load = time.perf_counter() - t0

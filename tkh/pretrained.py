@@ -51,6 +51,8 @@ __all__ = ["MANIFEST_FORMAT", "MAX_SHARD_BYTES", "available", "fingerprint", "in
 MANIFEST_FORMAT = "tkh.pretrained/1"
 ENV = "TKH_PRETRAINED"
 MAX_SHARD_BYTES = 15 * 2**20  # shards stay under 16 MiB (GitHub's soft limit warns at 50 MiB; LFS not needed)
+_GET_WEIGHTS = ("get the repository's pretrained/ folder (`git pull` in a clone), set TKH_PRETRAINED to a folder "
+                "with a manifest.json, or pass your own weights: a checkpoint .safetensors or a `tkh train` run folder")
 _FIX = ("re-download the repository's pretrained/ folder (in a git clone: `git checkout -- pretrained` "
         "or `git lfs pull` if your clone uses LFS), or point TKH_PRETRAINED at a good copy")
 
@@ -96,8 +98,12 @@ def info(name: str | None = None, folder: str | os.PathLike | None = None) -> di
     """The manifest entry of a shipped model (config, counts, files, training, metrics), plus its name."""
     m = read_manifest(folder)
     name = name or m.get("default") or next(iter(m["models"]), None)
+    where = pretrained_dir() if folder is None else folder
+    if name is None:  # no manifest, or one without models: nothing shipped there (yet)
+        raise WeightsUnavailableError(
+            f"no shipped weights in {where or 'pretrained/ (not found)'}: it has no manifest.json listing a model; "
+            f"{_GET_WEIGHTS}")
     if name not in m["models"]:
-        where = pretrained_dir() if folder is None else folder
         raise WeightsUnavailableError(
             f"no shipped model named {name!r} in {where or 'pretrained/ (not found)'}; available: "
             f"{available(folder) or 'none'}; set TKH_PRETRAINED to a folder with a manifest.json or pass a "
@@ -137,7 +143,8 @@ def load(name_or_path: str | os.PathLike | None = None, map_location: str | torc
     """A meta-trained `TalkingHeadModel` (float32, eval mode) by shipped name or checkpoint path.
 
     name_or_path: a name from `available()` (None: the default), a `.safetensors` checkpoint written by
-    `TalkingHeadModel.save` (e.g. a training run's), or a folder holding a manifest.json (its default).
+    `TalkingHeadModel.save` (e.g. a training run's), a folder holding a manifest.json (its default), or a
+    `tkh train` run folder (its latest checkpoint).
     Shipped files are verified against the manifest's sha256 first: CheckpointError on any mismatch.
     """
     from tkh.hub import sha256_of
@@ -145,6 +152,8 @@ def load(name_or_path: str | os.PathLike | None = None, map_location: str | torc
 
     if name_or_path is not None:
         p = Path(name_or_path)
+        if p.is_dir() and not (p / "manifest.json").is_file():
+            p = _run_checkpoint(p)  # a `tkh train` run folder: its latest checkpoint
         if p.is_dir():
             return _load_shipped(None, p, map_location)
         if p.suffix == ".safetensors" or p.exists():
@@ -155,6 +164,18 @@ def load(name_or_path: str | os.PathLike | None = None, map_location: str | torc
     return _load_shipped(None if name_or_path is None else str(name_or_path), None, map_location)
 
 
+def _run_checkpoint(folder: Path) -> Path:
+    """The weights of the latest checkpoint of a `tkh train` run folder (or of its checkpoints/ folder)."""
+    from tkh.train.checkpoint import latest_checkpoint
+
+    for ckpts in (folder / "checkpoints", folder):
+        found = latest_checkpoint(ckpts)
+        if found is not None:
+            return found[0]
+    raise WeightsUnavailableError(f"{folder} holds neither a manifest.json (shipped weights) nor a `tkh train` "
+                                  f"checkpoint (checkpoints/latest.json); {_GET_WEIGHTS}")
+
+
 def _load_shipped(name: str | None, folder: Path | None, map_location: str | torch.device):
     from safetensors import safe_open
 
@@ -163,8 +184,7 @@ def _load_shipped(name: str | None, folder: Path | None, map_location: str | tor
 
     if folder is None and pretrained_dir() is None:
         raise WeightsUnavailableError(
-            f"no shipped weights: no pretrained/manifest.json next to tkh and {ENV} is not set; clone the "
-            "repository with its pretrained/ folder, set TKH_PRETRAINED, or pass a checkpoint path")
+            f"no shipped weights: no pretrained/manifest.json next to tkh and {ENV} is not set; {_GET_WEIGHTS}")
     entry = verify_model(name, folder)
     root = folder if folder is not None else pretrained_dir()
     state: dict[str, torch.Tensor] = {}
