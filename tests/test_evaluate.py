@@ -48,3 +48,17 @@ def test_evaluate_needs_portrait_or_self(shipped, carphone_path, tmp_path, monke
     monkeypatch.setenv("TKH_PRETRAINED", str(shipped))
     rc = main(["evaluate", "--driver", str(carphone_path), "--json", str(tmp_path / "x.json")])
     assert rc == 2 and "--portrait" in capsys.readouterr().err
+
+
+def test_self_reenactment_reuses_a_given_track(shipped, carphone_path):
+    """One landmark detection shared by several calls (notebook 03: 1/8/32 shots, FF and FT) changes nothing."""
+    from tkh.evaluate import evaluate_self
+    from tkh.landmarks import detect_video
+
+    model = pretrained.load(shipped)
+    kw = {"shots": 2, "max_frames": 12, "n_eval": 2, "backend": "dlib"}
+    track = detect_video(carphone_path, backend="dlib", max_frames=12, progress=False)
+    a = evaluate_self(model, carphone_path, **kw)
+    b = evaluate_self(model, carphone_path, track=track, **kw)
+    assert a["adapt_frames"] == b["adapt_frames"] and a["eval_frames"] == b["eval_frames"]
+    assert a["ssim"] == pytest.approx(b["ssim"]) and a["psnr"] == pytest.approx(b["psnr"])

@@ -124,11 +124,14 @@ def _pick(valid_idx: np.ndarray, shots: int, n_eval: int) -> tuple[np.ndarray, n
 
 def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", steps: int | None = None,
                   max_frames: int | None = 120, n_eval: int = 16, device: str | torch.device | None = None,
-                  backend: str = "auto", progress: bool = False, return_frames: bool = False) -> dict[str, Any]:
+                  backend: str = "auto", progress: bool = False, return_frames: bool = False,
+                  track: Any = None) -> dict[str, Any]:
     """Self-reenactment: adapt on `shots` frames of `video`, reconstruct `n_eval` held-out frames (sec. 4).
 
     Adds SSIM and PSNR (generated vs real crops, `tkh.metrics`), CSIM real vs generated and landmark
     error (detected on generated vs the real frame's landmarks, / inter-ocular).
+    track: the video's `tkh.landmarks.detect_video(video, max_frames=...)` result, to reuse one detection
+    across several calls (e.g. 1, 8, 32 shots, FF and FT); detected here when None.
     """
     from tkh.adapt import adapt
     from tkh.landmarks import crop, detect_video
@@ -136,7 +139,7 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     from tkh.metrics import csim, landmark_error, psnr, ssim
 
     t0 = time.perf_counter()
-    vl = detect_video(video, backend=backend, max_frames=max_frames, progress=False)
+    vl = track if track is not None else detect_video(video, backend=backend, max_frames=max_frames, progress=False)
     track, valid = np.asarray(vl.landmarks), np.asarray(vl.valid, bool)
     adapt_idx, eval_idx = _pick(np.flatnonzero(valid), shots, n_eval)
     need = set(adapt_idx.tolist()) | set(eval_idx.tolist())
