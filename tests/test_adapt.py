@@ -108,3 +108,87 @@ def test_t_shots_embedding_is_the_mean(model, carphone_path):
     mean = torch.stack([s.e_hat for s in singles]).mean(0)
     assert torch.allclose(three.e_hat, mean, atol=1e-5)
     assert not np.allclose(three.crop_landmarks[0], three.crop_landmarks[2])  # poses differ
+
+
+def test_ft_initialisation_is_the_papers(model, ff_ft, grace_hopper):
+    """Sec. 3.3: ψ' starts at P·ê_NEW, w' at w0 + ê_NEW; E, P, W and w0 are not trained; no L_MCH in FT."""
+    from tkh.adapt import init_finetune, landmark_images, to_tensor
+
+    ff, ft, _ = ff_ft
+    e_hat = ff.e_hat
+    G, D, psi, w, g_params, d_params = init_finetune(model, e_hat)
+    with torch.no_grad():
+        torch.testing.assert_close(psi.detach(), model.G.P(e_hat[None])[0])
+        torch.testing.assert_close(w.detach(), model.D.w0 + e_hat)
+        # at the start, rendering with ψ' is exactly the feed-forward result G(y, ê)
+        y = landmark_images(ff.crop_landmarks, 64)
+        torch.testing.assert_close(G.eval().render(y, psi), model.G.eval()(y, e_hat[None]), rtol=1e-5, atol=1e-5)
+        x = to_tensor(ff.crops)
+        s_ft, _ = D.eval().score_with_w(x, y, w)
+        s_ref, _ = model.D.eval().score_with_w(x, y, model.D.w0 + e_hat)
+        torch.testing.assert_close(s_ft, s_ref)
+    ids = {id(p) for p in g_params} | {id(p) for p in d_params}
+    assert id(psi) in ids and id(w) in ids and id(D.b) in ids
+    assert id(G.P.weight) not in ids and id(D.W) not in ids and id(D.w0) not in ids
+    assert not ids & {id(p) for p in model.parameters()}  # copies: the meta-trained model is never stepped
+    # the FT objective is L_CNT + L_ADV (hinge + feature matching): no L_MCH term (there is no W_i)
+    fm_weight = model.cfg.loss.fm_weight
+    for h in ft.history:
+        assert "mch" not in h
+        assert h["total"] == pytest.approx(h["cnt"] + h["adv"] + fm_weight * h["fm"], rel=1e-5, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def carphone_32(carphone_path):
+    """32 frames spread over the real clip (the speaker moves: poses differ) and their dlib landmarks."""
+    from tkh.media import iter_video
+
+    frames = [f for i, f in enumerate(iter_video(carphone_path, max_frames=120)) if i % 3 == 0 and i < 96]
+    return frames, detect(frames, backend="dlib")
+
+
+@pytest.mark.parametrize("shots", [1, 8, 32])
+def test_t_shots_1_8_32(model, carphone_32, shots):
+    """T = 1, 8, 32 images, each with its own landmarks and crop; FF averages E over them, FT draws from all T."""
+    from tkh.adapt import landmark_images, to_tensor
+
+    frames, lms = carphone_32
+    assert len(frames) == 32
+    ff = adapt(model, frames[:shots], mode="ff", landmarks=lms[:shots])
+    assert ff.crops.shape == (shots, 64, 64, 3) and ff.crop_landmarks.shape == (shots, 68, 2)
+    assert len(ff.transforms) == shots
+    with torch.no_grad():
+        per_image = model.E.embed_frames(to_tensor(ff.crops), landmark_images(ff.crop_landmarks, 64))
+    assert per_image.shape[0] == shots
+    torch.testing.assert_close(ff.e_hat, per_image.mean(0), rtol=1e-5, atol=1e-5)
+    if shots > 1:
+        assert np.abs(ff.crop_landmarks[0] - ff.crop_landmarks[-1]).mean() > 0.5  # other poses, other landmarks
+    ft = adapt(model, frames[:shots], mode="ft", steps=2, landmarks=lms[:shots], progress=False)
+    assert len(ft.history) == 2 and all(np.isfinite(h["total"]) for h in ft.history)
+
+
+def test_finetune_cli_shots_writes_a_small_file_naming_its_base(model, shipped, carphone_32, tmp_path, monkeypatch,
+                                                                 capsys):
+    """`tkh finetune --images 32 files --shots 8`: 8 images used; the file holds only what changed and names its
+    base weights by name and sha256; it reloads in one call."""
+    from safetensors import safe_open
+
+    from tkh.cli import main
+    from tkh.media import write_image
+
+    frames, _ = carphone_32
+    paths = [str(write_image(tmp_path / f"f{i:02d}.png", f)) for i, f in enumerate(frames)]
+    monkeypatch.setenv("TKH_PRETRAINED", str(shipped))
+    monkeypatch.setenv("TKH_OFFLINE", "1")
+    out = tmp_path / "me.safetensors"
+    rc = main(["finetune", "--model", NAME, "--images", *paths, "--shots", "8", "--steps", "2", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    with safe_open(str(out), framework="pt") as f:
+        header = f.metadata()
+    assert header["base_name"] == NAME and header["base_sha256"] == model.weights_sha256
+    base_bytes = sum(p.stat().st_size for p in shipped.glob("*.safetensors"))
+    print(f"adapted file {out.stat().st_size / 2**20:.2f} MiB vs base weights {base_bytes / 2**20:.2f} MiB (fp16)")
+    assert out.stat().st_size < base_bytes  # no E, no D, no P: G's fp16 difference and the person's vectors
+    loaded = AdaptedPortrait.load(out)
+    assert loaded.mode == "ft" and loaded.crop_landmarks.shape == (8, 68, 2)

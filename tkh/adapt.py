@@ -40,7 +40,8 @@ from tkh.errors import BadInputError, CheckpointError
 from tkh.landmarks import CropTransform, crop, detect, rasterize
 from tkh.media import load_image
 
-__all__ = ["AdaptedPortrait", "FORMAT", "adapt", "finetune_from_cli", "prepare_images", "to_tensor", "to_uint8"]
+__all__ = ["AdaptedPortrait", "FORMAT", "adapt", "finetune_from_cli", "init_finetune", "prepare_images", "to_tensor",
+           "to_uint8"]
 
 FORMAT = "tkh.AdaptedPortrait/1"
 UPSCALE_WARN = 1.5  # warn when a portrait's face crop is upscaled more than this to the model's size
@@ -325,6 +326,31 @@ def _perceptual(model, cfg: AdaptConfig, device: torch.device):
     return PerceptualLoss(loss_cfg, device=device), loss_cfg
 
 
+def init_finetune(model, e_hat: torch.Tensor, device: torch.device | str | None = None):
+    """The fine-tuning start of sec. 3.3, from ê_NEW (N,): copies of G and D and their new free parameters.
+
+    Returns (G, D, psi, w, g_params, d_params): ψ' = P·ê_NEW (n_adain,) replaces G's projection (P gets
+    no gradient); w' = w0 + ê_NEW (N,) replaces the unknown row W_i + w0 of D's score (W and w0 get no
+    gradient, b and D's θ are trained). g_params / d_params: what the G and D optimisers step. E is not
+    among them. The meta-trained model is not modified.
+    """
+    import copy
+
+    device = torch.device(device) if device is not None else e_hat.device
+    e_hat = e_hat.detach().float().to(device)
+    G = copy.deepcopy(model.G).to(device).train().requires_grad_(True)
+    G.P.requires_grad_(False)  # unused: ψ' replaces P·ê
+    with torch.no_grad():
+        psi = nn.Parameter(G.adain_params(e_hat[None]).float()[0].clone())   # ψ' ← P·ê_NEW
+    D = copy.deepcopy(model.D).to(device).train().requires_grad_(True)
+    D.W.requires_grad_(False)  # the training videos' rows: unused for a new person
+    D.w0.requires_grad_(False)  # folded into w'
+    w = nn.Parameter((D.w0.detach() + e_hat).clone())                       # w' ← w0 + ê_NEW
+    g_params = [p for p in G.parameters() if p.requires_grad] + [psi]
+    d_params = [p for p in D.parameters() if p.requires_grad] + [w]
+    return G, D, psi, w, g_params, d_params
+
+
 def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: int | None = None,
           cfg: AdaptConfig | None = None, progress: bool = True, device: str | torch.device | None = None,
           landmarks: Sequence[np.ndarray] | None = None, backend: str = "auto") -> AdaptedPortrait:
@@ -370,15 +396,9 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
         return out
 
     # --- FT (sec. 3.3): ψ' ← P·ê and w' ← w0 + ê become free parameters; G and D are trained ---------
-    G = copy.deepcopy(G_base).train().requires_grad_(True)
-    G.P.requires_grad_(False)  # unused: ψ' replaces P·ê
-    D = copy.deepcopy(model.D).to(device).train().requires_grad_(True)
-    D.W.requires_grad_(False)  # the training videos' rows: unused for a new person
-    psi = nn.Parameter(psi0.clone())
-    w = nn.Parameter((D.w0.detach() + e_hat).clone())
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad] + [psi], lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam([p for n, p in D.named_parameters() if n not in ("W", "w0")] + [w], lr=cfg.lr_d,
-                             betas=cfg.betas)
+    G, D, psi, w, g_params, d_params = init_finetune(model, e_hat, device)
+    opt_g = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)
     perceptual, loss_cfg = _perceptual(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     T, bs = x.shape[0], min(cfg.batch_size, x.shape[0])
