@@ -89,3 +89,30 @@ def test_track_file_driver_and_bad_tracks(adapted, carphone_track, tmp_path):
     np.savez(tmp_path / "bad.npz", landmarks=np.zeros((5, 5, 2)))
     with pytest.raises(BadInputError, match=r"\(T, 68, 2\)"):
         animate(adapted, tmp_path / "bad.npz", tmp_path / "x.mp4")
+
+
+def test_paste_back_and_side_by_side_frames(adapted, carphone_track):
+    """Paste-back: the whole original portrait at its own size, untouched outside the face box, the generated
+    face inside it. Side by side: driver | landmarks | result panels of the same height."""
+    import cv2
+
+    from tkh.animate import Track, render_frames
+
+    lms, valid = carphone_track
+    track = Track(lms[:3], valid[:3], 25.0, "track", "carphone")
+    original = adapted.source_images[0]
+    h, w = original.shape[:2]
+    t = adapted.transforms[0]
+    frames = list(render_frames(adapted, track, paste_back=True, panel=h, feather=0.0))
+    assert len(frames) == 3 and frames[0].shape == original.shape
+    box = np.zeros((h, w), bool)
+    box[max(t.y0, 0):t.y0 + t.side, max(t.x0, 0):t.x0 + t.side] = True
+    np.testing.assert_array_equal(frames[0][~box], original[~box])  # the rest of the portrait, pixel for pixel
+    track_lms = transfer_motion(track.landmarks, adapted.crop_landmarks[0], track.valid)  # what G was given
+    gen = adapted.render(track_lms)
+    expected = cv2.resize(gen[0], (t.side, t.side), interpolation=cv2.INTER_CUBIC)
+    inside = frames[0][max(t.y0, 0):t.y0 + t.side, max(t.x0, 0):t.x0 + t.side].astype(int)
+    ref = expected[max(-t.y0, 0):, max(-t.x0, 0):][:inside.shape[0], :inside.shape[1]].astype(int)
+    assert np.abs(inside - ref).mean() < 1.0 and np.abs(inside - original[box].reshape(inside.shape)).mean() > 5
+    sbs = next(render_frames(adapted, track, side_by_side=True, paste_back=True, panel=128))
+    assert sbs.shape[0] == 128 and sbs.shape[1] == 128 + 128 + round(w * 128 / h)
