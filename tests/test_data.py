@@ -355,3 +355,23 @@ def test_stale_crop_settings_warn(tmp_path, carphone_path):
     (out / "index.json").write_text(json.dumps(index))
     with pytest.warns(UserWarning, match="other crops at inference"):
         EpisodeDataset(out, k=2)
+
+
+def test_cli_logs_a_corrupt_video_and_goes_on(tmp_path, carphone_path, capsys, caplog):
+    """A corrupt file among good ones: the run finishes (exit 0), the skip is printed with its reason and logged."""
+    import logging
+
+    from tkh.cli import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    os.symlink(carphone_path, clips / "good.mp4")
+    (clips / "broken.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with caplog.at_level(logging.INFO, logger="tkh.data.preprocess"):
+        rc = main(["preprocess", str(clips), "--out", str(tmp_path / "c"), "--size", "64", "--frames-per-video", "4",
+                   "--backend", "dlib"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 videos ok, 1 skipped" in out
+    assert "skipped broken:" in out and any("skipped broken:" in r.getMessage() for r in caplog.records)
+    info = load_cache_index(tmp_path / "c")
+    assert info.video_ids == ["good"] and [e.id for e in info.skipped] == ["broken"] and info.skipped[0].reason
