@@ -195,6 +195,7 @@ uninterrupted run would have taken."""),
         code("""\
 more = train(run_cfg.replace(train={"steps": STEPS + 2}), cache, OUT, resume=True)
 print("resumed from step", more.step - more.steps_run, "to", more.step)
+plot_losses(OUT)  # one log.csv: the resumed steps continue the same curves
 """),
         md("""\
 ## On a GPU: the shipped weights' recipe

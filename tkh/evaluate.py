@@ -130,8 +130,9 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
 
     Adds SSIM and PSNR (generated vs real crops, `tkh.metrics`), CSIM real vs generated and landmark
     error (detected on generated vs the real frame's landmarks, / inter-ocular).
-    track: the video's `tkh.landmarks.detect_video(video, max_frames=...)` result, to reuse one detection
-    across several calls (e.g. 1, 8, 32 shots, FF and FT); detected here when None.
+    track: the video's landmarks, `tkh.landmarks.detect_video(video, max_frames=...)` or a
+    `tkh.animate.load_driver(video)` Track, to reuse one detection across several calls (e.g. 1, 8, 32
+    shots, FF and FT); detected here when None.
     """
     from tkh.adapt import adapt
     from tkh.landmarks import crop, detect_video
