@@ -120,7 +120,8 @@ def plot(path: Path = PLOT) -> Path | None:
         where = m.get("gpu") or f"{m['cpu_cores']}-core {m['cpu']}"
         rows = [r for r in data["rows"] if "step_s" in r]
         if rows:
-            label = f"{m['device'].split(':')[0]}: {where}, {rows[0]['config']}, B={rows[0]['batch']}"
+            label = (f"{m['device'].split(':')[0]}: {where}, {m['torch_threads']} thread(s), {rows[0]['config']}, "
+                     f"B={rows[0]['batch']}")
             series.append((label, rows))
     if not series:
         return None
@@ -132,7 +133,10 @@ def plot(path: Path = PLOT) -> Path | None:
             xs = [r[key] for r in pts]
             for row, (yk, scale) in enumerate([("step_s", 1.0), ("step_mem_mib", 1.0)]):
                 ax = axes[row, col]
-                (line,) = ax.plot(xs, [r[yk] * scale for r in pts], "o-", label=label)
+                (line,) = ax.plot(xs, [r[yk] * scale for r in pts], "o-", label=label + (" (wall)" if row == 0 else ""))
+                if row == 0 and all(r.get("step_cpu_s") for r in pts):  # busy machines: CPU time is steadier
+                    ax.plot(xs, [r["step_cpu_s"] for r in pts], "s--", color=line.get_color(), alpha=0.8,
+                            label=label + " (process CPU time)")
                 if len(pts) >= 1:  # reference: cost proportional to pixels (resp. to frames K + 1)
                     x0, y0 = xs[0], pts[0][yk]
                     ref = [y0 * (x / x0) ** 2 if key == "px" else y0 * (x + 1) / (x0 + 1) for x in xs]
