@@ -114,6 +114,18 @@ def test_pixel_fallback_only_when_allowed(tmp_path):
     assert fake.grad.abs().sum() > 0
 
 
+def test_pixel_l1_beside_the_networks():
+    """loss.pixel_l1 (not in the paper, 0 by default) adds a pixel L1 term to a real L_CNT."""
+    pytest.importorskip("face_recognition_models")
+    cfg = LossConfig(perceptual="face", face_network="dlib", pixel_l1=10.0)
+    loss = PerceptualLoss(cfg)
+    assert loss.describe() == "L_CNT: dlib x 0.025, pixel L1 x 10"
+    real, fake = torch.zeros(1, 3, 64, 64), torch.full((1, 3, 64, 64), 0.5)
+    parts = loss.terms(real, fake)
+    assert set(parts) == {"cnt_dlib", "pixel"} and parts["pixel"].item() == pytest.approx(5.0)
+    assert "pixel" not in PerceptualLoss(LossConfig(perceptual="face", face_network="dlib")).terms(real, fake)
+
+
 def test_dlib_face_network_content_loss():
     """The offline face network (dlib's ResNet, real weights) as the face part of L_CNT."""
     pytest.importorskip("face_recognition_models")

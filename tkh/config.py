@@ -67,6 +67,8 @@ class LossConfig:
     vgg19_path: str = ""           # local VGG19 state dict ("" = torchvision's, downloaded into torch hub's cache)
     pixel_weight: float = 10.0     # L1 on pixels; not in the paper: replaces L_CNT only when no perceptual
                                    # network loads and allow_no_perceptual is set (10 ≈ λ_FM's scale)
+    pixel_l1: float = 0.0          # pixel L1 added to L_CNT even when networks load; not in the paper (0). The
+                                   # CPU-trained shipped weights used 10 as a stand-in for VGG19, unreachable offline
     fm_weight: float = 10.0        # λ_FM, feature matching inside L_ADV (paper: 10)
     mch_weight: float = 80.0       # λ_MCH, embedding match ‖W_i − ê_i‖₁ (paper: 80; one re-implementation 10)
 

@@ -169,7 +169,8 @@ class PerceptualLoss(nn.Module):
         """One line: which networks (and weights) make up L_CNT."""
         if not self.nets:
             return f"L_CNT: none (pixel L1 x {self.pixel_weight:g}, loss.allow_no_perceptual=true)"
-        return "L_CNT: " + ", ".join(f"{n} x {self.weights[n]:g}" for n in self.nets)
+        extra = f", pixel L1 x {self.cfg.pixel_l1:g}" if self.cfg.pixel_l1 else ""
+        return "L_CNT: " + ", ".join(f"{n} x {self.weights[n]:g}" for n in self.nets) + extra
 
     def extractors(self) -> list[tuple[float, FeatureFn]]:
         """(weight, feature_fn) pairs for `content_loss`."""
@@ -180,8 +181,9 @@ class PerceptualLoss(nn.Module):
         out = {}
         for name, net in self.nets.items():
             out[f"cnt_{name}"] = content_loss(real, fake, [(self.weights[name], _feature_fn(net))])
-        if not self.nets:
-            out["pixel"] = self.pixel_weight * F.l1_loss(fake.float(), real.float())
+        weight = self.pixel_weight if not self.nets else self.cfg.pixel_l1
+        if weight:
+            out["pixel"] = weight * F.l1_loss(fake.float(), real.float())
         return out
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
