@@ -60,8 +60,9 @@ You will adapt the Mona Lisa from one image (T = 1) both ways and move her face,
 from T = 1, 8 and 32 video frames and score each result on frames the model did not see, with **CSIM**
 (identity) and **SSIM** (structure), to see what fine-tuning buys and what more shots buy.
 
-**Time.** About two minutes on a CPU with `FAST = True` (a few fine-tuning steps); with `FAST = False` on a
-GPU (200 steps per fine-tuning, as in `tkh demo`) a few minutes. The Mona Lisa is downloaded once and checked
+**Time.** About a minute on a 2-core CPU with `FAST = True` (two fine-tuning steps per FT; 25–65 s measured
+with the 64- and 128-px models); with `FAST = False` on a GPU (200 steps per fine-tuning, as in `tkh demo`) a
+few minutes. The Mona Lisa is downloaded once and checked
 against its sha256; offline, a painting from the developers' `../shared/portraits`, else Grace Hopper.
 
 Every image this notebook writes (into `out/03_one_shot_painting/`) is labelled synthetic in its metadata."""),
@@ -201,7 +202,7 @@ print(f"{path}: {path.stat().st_size / 2**20:.2f} MiB")
 
 One painting has no ground truth for new poses. A video does: adapt on T frames of a person and redraw
 **held-out** frames of the same video from their landmarks (self-reenactment, the paper's protocol in
-sec. 4.1). `tkh.evaluate.evaluate_self` takes the T shots from the first half of the frames and scores
+sec. 4). `tkh.evaluate.evaluate_self` takes the T shots from the first half of the frames and scores
 `N_EVAL` frames of the second half: SSIM and PSNR against the real frame, CSIM real vs generated.
 
 The person: `vox_lia_1` from `../shared/talking-heads` when present (its identity is **held out** of the
@@ -227,9 +228,9 @@ for shots in SHOTS:
               f"CSIM {r['csim']:.3f}  ({r['seconds']:.0f} s)")
 """),
         md("""\
-The paper (VoxCeleb2, its FT model, its face network) reports SSIM 0.64 / 0.68 / 0.72 and CSIM 0.35 / 0.42 /
-0.45 at T = 1 / 8 / 32: more shots help both, and FT beats FF in SSIM at T = 1 (0.64 vs 0.61). Ours, on one
-clip, with a far smaller model:"""),
+The paper's table (VoxCeleb2, its FT model and its face network; numbers from our notes in METHOD.md, worth
+re-checking against the paper) has SSIM 0.64 / 0.68 / 0.72 and CSIM 0.35 / 0.42 / 0.45 at T = 1 / 8 / 32: more
+shots help both, and FT beats FF in SSIM at T = 1 (0.64 vs 0.61). Ours, on one clip, with a far smaller model:"""),
         code("""\
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 for ax, metric in zip(axes, ("ssim", "csim")):
@@ -247,7 +248,7 @@ One held-out frame per setting: the real frame, FF and FT, with the mean scores 
 average of what meta-training saw; details particular to this face (a painting's texture, a hairline,
 glasses) are lost. FT moves ψ' and G's weights towards the T images themselves, so the result is sharper and
 closer to *this* person (SSIM, CSIM up), at the price of seconds (GPU) to minutes (CPU), and with few shots
-a risk of overfitting the given poses: the paper's FT loses CSIM to FF at T = 1 (0.35 vs 0.42) while gaining
+a risk of overfitting the given poses: in the paper's table FT loses CSIM to FF at T = 1 (0.35 vs 0.42) while gaining
 realism. More shots help both: the average over T frames is a better ê, and FT sees more of the face.
 With the untrained fallback model (no `pretrained/`) every frame is noise and the numbers only show the
 mechanics."""),
@@ -284,8 +285,8 @@ same code that writes the numbers in `pretrained/manifest.json` (`tkh.evaluate`,
   landmark error to the driver);
 - a **user-study-style grid**: real, FF and FT images shuffled per row, an answer key, and a scorer.
 
-**Time.** About two minutes on a CPU with `FAST = True`; a few minutes on a GPU with `FAST = False` (more
-frames, 200 fine-tuning steps per adaptation).
+**Time.** About a minute on a 2-core CPU with `FAST = True` (30–60 s measured with the 64- and 128-px
+models); a few minutes on a GPU with `FAST = False` (more frames, 200 fine-tuning steps per adaptation).
 
 What it writes goes into `out/05_evaluation/` (images labelled synthetic in their metadata)."""),
         code(INSTALL),
@@ -379,7 +380,7 @@ plt.tight_layout()
         md("""\
 ## 3 · Self-reenactment (ground truth available)
 
-The paper's main protocol (sec. 4.1): T frames of a video adapt the model, other frames of the *same* video
+The paper's main protocol (sec. 4): T frames of a video adapt the model, other frames of the *same* video
 are redrawn from their own landmarks and compared with the real ones. `evaluate_self` takes the T shots from
 the first half of the frames and scores `N_EVAL` frames spread over the second half."""),
         code("""\
@@ -409,7 +410,7 @@ fig
 
 The portrait follows **another** person: the driver's landmarks are moved onto the portrait's face shape
 (`tkh.animate.transfer_motion`: only the motion since the first frame is transferred, so the driver's identity
-does not leak into the face, the weakness the paper names in sec. 4.4). Nothing real to compare with, so:
+does not leak into the face, a weakness the paper discusses). Nothing real to compare with, so:
 CSIM between the portrait and each generated frame, and the landmark error against the landmarks G was given."""),
         code("""\
 from tkh.evaluate import evaluate_cross
@@ -436,7 +437,7 @@ fig
         md("""\
 ## 5 · A user study in miniature
 
-The paper's USER column (sec. 4.2) is how often people, shown real and generated images of a person, found
+The paper's USER column (sec. 4) is how often people, shown real and generated images of a person, found
 the fake: lower is better for the method. Below, each row is one identity with its real face and the FF and FT
 results **in the same pose** (for the video: a held-out frame; for a photo or painting: its own pose, which is
 easier for FT, the very image it was tuned on), shuffled behind letters. Which one is real?"""),

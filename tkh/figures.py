@@ -4,7 +4,7 @@
   with a caption under each cell (e.g. "CSIM 0.61 · SSIM 0.42"). Used by notebooks 03 and 05 to put FF,
   FT and the real face side by side.
 - `blind_grid({identity: {"real": img, "FF": img, "FT": img}}, seed)`: the paper's user study in miniature
-  (Zakharov et al. 2019, sec. 4.2: people were shown real and generated images of a person and asked
+  (Zakharov et al. 2019, sec. 4: people were shown real and generated images of a person and asked
   to spot the fake; USER = how often they succeeded, lower is better for the method). Each row's
   images are shuffled behind letters A, B, C…; `BlindGrid.figure()` shows them unlabeled,
   `figure(reveal=True)` and `key()` give the answers, `score(picks)` grades a reader's guesses,
@@ -125,7 +125,7 @@ class BlindGrid:
         """A naive observer: in each row it calls the sharpest image (variance of the Laplacian) the real one.
 
         Generated faces are usually smoother than photographs, so when a method blurs, this baseline
-        "user" beats chance; `score(grid.sharpest_picks())` is its success rate (the paper's USER, sec. 4.2,
+        "user" beats chance; `score(grid.sharpest_picks())` is its success rate (the paper's USER, sec. 4,
         asked people instead).
         """
         import cv2
