@@ -8,7 +8,7 @@ of K frames of video i, the embedding is the average (sec. 3.1)
 
 Architecture (sec. 3.4): concat(x, y) -> 6 channels, residual downsampling blocks without normalisation
 (BigGAN-style), self-attention at 32x32 for 256-px frames (image_size / 8 in general), down to 4x4,
-global sum pooling over the spatial positions, ReLU.
+ReLU, global sum pooling over the spatial positions.
 """
 
 from __future__ import annotations
@@ -101,10 +101,12 @@ class Embedder(nn.Module):
     def embed_frames(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-frame embeddings E(x, y): x, y (M, 3, H, W) -> (M, N)."""
         h = self.trunk(torch.cat([x, y], dim=1))[-1]  # (M, C, 4, 4)
-        v = global_pool(h, self.cfg.pooling)  # (M, C)
+        # ReLU per position, then pooling: a ReLU after the pooling lets a whole channel die for every face
+        # at once (seen: L_MCH pulling ê towards the small initial W drove all of ê to exactly 0, for good).
+        v = global_pool(F.relu(h), self.cfg.pooling)  # (M, C)
         if self.to_embedding is not None:
-            v = self.to_embedding(v)
-        return F.relu(v)
+            v = F.relu(self.to_embedding(v))
+        return v
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ê = 1/K Σ_k E(x_k, y_k) (sec. 3.1). x, y: (B, K, 3, H, W) -> (B, N)."""
