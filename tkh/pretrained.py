@@ -201,11 +201,11 @@ def _load_shipped(name: str | None, folder: Path | None, map_location: str | tor
         raise CheckpointError(f"{root / entry['files'][0]['path']} has no '{FORMAT}' header; {_FIX}")
     cfg = Config.from_dict(json.loads(header["config"]), source=str(root / "manifest.json"))
     num_videos = int(state["D.W"].shape[0]) if "D.W" in state else 0
-    with torch.device("meta"):
-        model = TalkingHeadModel(cfg, num_videos)
-    state = {k: v.to(torch.float32).clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+    # Built on the CPU, not the meta device: spectral norm's set-up takes ~20x longer there (13 s vs 0.7 s).
+    model = TalkingHeadModel(cfg, num_videos)
+    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"shipped model {entry['name']!r} in {root} does not match its config "
                               f"({str(exc).splitlines()[-1].strip()}); {_FIX}") from None
