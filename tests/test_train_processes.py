@@ -91,12 +91,12 @@ W_RTOL = 1e-3
 
 @pytest.fixture(scope="module")
 def ddp_runs(tiny_cache, tmp_path_factory):
-    """Two runs of 2 steps on the same global batch of 2 episodes, each as 2 gloo ranks and as one process:
+    """Runs on the same global batches of 2 episodes, each as 2 gloo ranks and as one process: 2 steps at
     lr = 0 through `tests/train_grads_runner.py` (every phase's gradient, on weights that never change), and
-    the tiny config's learning rates through `tkh train` itself (Adam's updates)."""
+    1 step at the tiny config's learning rates through `tkh train` itself (Adam's updates)."""
     tmp = tmp_path_factory.mktemp("ddp")
     zero = tiny_yaml(tmp / "lr0.yaml", steps=2, batch_size=2, ckpt_every=0, lr_eg=0.0, lr_d=0.0)
-    adam = tiny_yaml(tmp / "adam.yaml", steps=2, batch_size=2, ckpt_every=0)
+    adam = tiny_yaml(tmp / "adam.yaml", steps=1, batch_size=2, ckpt_every=0)
     runner = str(ROOT / "tests" / "train_grads_runner.py")
     train_cmd = ["-m", "tkh.cli", "train", "--config", str(adam), "--data", str(tiny_cache), "--out"]
     for ranks, name in ((2, "ddp"), (1, "one")):
@@ -144,16 +144,21 @@ def test_ddp_gradients_and_losses_equal_one_process(ddp_runs):
 
 def test_ddp_two_cpu_ranks_equal_one_process(ddp_runs):
     """`torchrun --nproc_per_node 2 -m tkh.cli train` (gloo) with global batch 2 == one process with batch 2,
-    after 2 Adam steps at the tiny config's learning rates.
+    after one training step (D's Adam steps twice, E/G's once) at the tiny config's learning rates.
 
     Adam's update is lr·m̂/(√v̂ + ε): each element is divided by its own gradient's magnitude, so where a
     gradient is at the rounding-noise level (the bias of a convolution followed by instance norm has a true
     gradient of exactly 0; a ReLU at its kink) the two runs step by up to ±lr in unrelated directions, and D's
     slightly different weights then perturb G's gradient at step 1. Two bounds follow:
-    - element by element, a hard one: with β1 = 0, |m̂/√v̂| ≤ √t at step t, so the runs differ by at most
-      2·lr·(1 + √2) after 2 steps, whatever the gradients;
-    - network by network, the updates agree in norm: measured |Δθ_ddp − Δθ_one| / |Δθ_one| = 0.15% for E,
-      0.7% for D, 0.4% for W and 6% for G (the last step of that chain); UPDATE_RTOL allows 3x that.
+    - element by element, a hard one: with β1 = 0, |m̂/√v̂| ≤ √((1 − β2^t)/(1 − β2)) ≤ √t at an optimiser's
+      step t, so after n steps the runs differ by at most 2·lr·Σ_t √((1 − β2^t)/(1 − β2)), whatever the
+      gradients; D steps d_steps_per_g times per training step (n = 2 here), E, G and W once (n = 1);
+    - network by network, the updates agree in norm: measured |Δθ_ddp − Δθ_one| / |Δθ_one| = 0.04% for E,
+      0.7% for D, 0.03% for W and 6% for G (the last step of that chain); update_rtol allows 3x that.
+    One step only: from the second step on, the few ±lr outliers of the first have moved D's real and fake
+    scores apart (at initialisation they nearly cancel in D's gradient), and the next gradients of D differ
+    by 30-100% of their norm, DDP or not: a property of GAN training at initialisation, not of DDP. The lr = 0
+    runs above check every phase of both steps, the second batch included.
     Each rank not stepping W's rows of the other rank's videos would put W's at ~0.7 (and fails the row check).
     """
     from safetensors.torch import load_file
@@ -165,8 +170,18 @@ def test_ddp_two_cpu_ranks_equal_one_process(ddp_runs):
     grads = load_file(ddp_runs / "grads-one.safetensors")  # the lr = 0 run: same seed, same initial weights
     init = {k[len("init."):]: v for k, v in grads.items() if k.startswith("init.")}
     assert len(init) > 100 and init.keys() <= b.keys()  # every parameter
-    bound = 2 * max(cfg.train.lr_eg, cfg.train.lr_d) * (1 + 2 ** 0.5)
+    tc = cfg.train
+    beta1, beta2 = tc.betas
+    assert beta1 == 0  # the bound below is for the paper's β1 = 0
+
+    def adam_bound(lr: float, n: int) -> float:
+        return 2 * lr * sum(((1 - beta2 ** t) / (1 - beta2)) ** 0.5 for t in range(1, n + 1))
+
     for k in init:
+        if k.startswith("D.") and k != "D.W":
+            bound = adam_bound(tc.lr_d, tc.steps * tc.d_steps_per_g)
+        else:  # E, G and D.W: the G optimiser, once per step (W at D's learning rate)
+            bound = adam_bound(tc.lr_d if k == "D.W" else tc.lr_eg, tc.steps)
         worst = float((a[k] - b[k]).abs().max())
         assert worst <= bound, f"{k}: max |Δ| {worst:.2e} > Adam's bound {bound:.2e}"
     groups = {net: [k for k in init if k.startswith(net + ".") and k != "D.W"] for net in ("E", "G", "D")}
@@ -177,10 +192,10 @@ def test_ddp_two_cpu_ranks_equal_one_process(ddp_runs):
         print(f"{net}: |Δθ_ddp − Δθ_one| / |Δθ_one| = {rel:.2e} ({sum(t.numel() for t in step_b)} weights)")
         assert rel <= update_rtol, f"{net}: the updates differ by {rel:.2e} of their norm"
     # W: exactly the rows of the videos in the two batches moved, in both runs
-    seen = set(_rows(grads["s1p0.D.W"])) | set(_rows(grads["s2p0.D.W"]))
+    seen = set(_rows(grads["s1p0.D.W"]))  # the first batch's videos
     assert set(_rows(a["D.W"] - init["D.W"])) == set(_rows(b["D.W"] - init["D.W"])) == seen
     la, lb = read_log(ddp_runs / "adam-ddp" / "log.csv"), read_log(ddp_runs / "adam-one" / "log.csv")
-    assert len(la) == len(lb) == 2
+    assert len(la) == len(lb) == 1
     for ra, rb in zip(la, lb):  # losses are smooth in the weights: the ±lr outliers barely move them
         for key in ("G_total", "G_pixel", "G_mch", "D_total"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-3, abs=1e-4), (ra["step"], key)

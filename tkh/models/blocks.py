@@ -17,9 +17,13 @@ of instance norm / AdaIN in float32 even under bf16/fp16 autocast (half-precisio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "ResBlock",
     "ResBlockUp",
     "SelfAttention",
+    "spectral_norm_cached",
 ]
 
 
@@ -73,6 +78,24 @@ def linear(d_in: int, d_out: int, sn: bool = True, bias: bool = True) -> Linear:
     """A fully connected layer, spectrally normalised when `sn`."""
     layer = Linear(d_in, d_out, bias=bias)
     return _spectral_norm(layer) if sn else layer
+
+
+@contextmanager
+def spectral_norm_cached(model: nn.Module) -> Iterator[None]:
+    """Compute every spectrally normalised weight of `model` once, here, and reuse it until exit.
+
+    Gradient checkpointing needs this: a weight first read *inside* a recomputed block would be
+    computed (power iteration and all) in the forward pass but read from the cache when the block is
+    recomputed in backward, and torch.utils.checkpoint refuses a recomputation that saves fewer
+    tensors. Computing them all up front, outside any checkpointed block, makes both passes equal.
+    """
+    with parametrize.cached():
+        for m in model.modules():
+            if parametrize.is_parametrized(m):
+                for name in m.parametrizations:
+                    with torch.autocast(device_type=next(m.parameters()).device.type, enabled=False):
+                        getattr(m, name)  # fills the cache
+        yield
 
 
 # --- normalisation ---------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from torch import nn
 
 from tkh.config import Config
 from tkh.errors import ConfigError, NonFiniteLossError
+from tkh.models.blocks import spectral_norm_cached
 from tkh.train import distributed
 from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tkh.train.logging import CsvLog, TensorBoard, figure_to_array, plot_losses, sample_grid
@@ -211,6 +212,7 @@ class _Ctx:
     amp_dtype: torch.dtype | None
     grad_checkpoint: bool
     frozen_in_g: list[nn.Parameter]
+    model: nn.Module
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -222,9 +224,7 @@ class _Ctx:
         # recomputed blocks), so the recomputation sees exactly the weights of the forward pass.
         if not self.grad_checkpoint:
             return nullcontext()
-        from torch.nn.utils import parametrize
-
-        return parametrize.cached()
+        return spectral_norm_cached(self.model)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
             runner = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if cuda else None,
                                                          find_unused_parameters=True)
         frozen = [p for n, p in model.D.named_parameters() if n != "W"]
-        ctx = _Ctx(device, info, amp_dtype, tc.grad_checkpoint, frozen)
+        ctx = _Ctx(device, info, amp_dtype, tc.grad_checkpoint, frozen, model)
         phases = make_phases(tc.d_steps_per_g)
 
         batches = EpisodeBatches(dataset, tc.batch_size // info.world_size, info, tc.seed, tc.num_workers,
