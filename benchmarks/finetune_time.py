@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import _common as C
 import torch
+
+import _common as C
 
 
 def run(config: str, device: torch.device, steps: int, portrait) -> dict[str, Any]:

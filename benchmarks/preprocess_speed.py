@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common as C
 import torch
+
+import _common as C
 
 
 def clip() -> Path:

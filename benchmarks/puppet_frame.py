@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import _common as C
 import numpy as np
 import torch
+
+import _common as C
 
 TARGET_MS = {("cpu", "small"): 500.0, ("cuda", "paper-256"): 5.0}
 

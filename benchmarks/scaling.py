@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common as C
 import torch
+
+import _common as C
 
 RES_SWEEP = (64, 128, 256)
 K_SWEEP = (1, 8, 32)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import _common as C
 import torch
+
+import _common as C
 
 
 def make_step(config: str, device: torch.device, batch: int, fast: bool, k: int | None = None,

@@ -10,8 +10,9 @@ there reaches every notebook: re-run all builders). Cell ids are stable, so a re
 from __future__ import annotations
 
 import nbformat
-from _build_00_04 import COLAB_INSTALL, HERE, LOAD_MODEL, _notebook, badge
 from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from _build_00_04 import COLAB_INSTALL, HERE, LOAD_MODEL, _notebook, badge
 
 md, code = new_markdown_cell, new_code_cell
 

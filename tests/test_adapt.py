@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from adapt_helpers import NAME, make_tiny_pretrained
 from tkh import pretrained
 from tkh.adapt import AdaptedPortrait, adapt
 from tkh.errors import CheckpointError
 from tkh.landmarks import detect
+
+from adapt_helpers import NAME, make_tiny_pretrained
 
 FT_STEPS = 12
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapt_helpers import make_tiny_pretrained
 from tkh import pretrained
 from tkh.adapt import adapt
 from tkh.animate import animate, script_controls, similarity, transfer_motion
 from tkh.errors import BadInputError
 from tkh.landmarks import detect, detect_video
 from tkh.media import iter_video, read_label
+
+from adapt_helpers import make_tiny_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt_helpers import make_tiny_pretrained
-from localserver import serve_directory
 from tkh.errors import DownloadError
 from tkh.media import read_label
+
+from adapt_helpers import make_tiny_pretrained
+from localserver import serve_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,7 @@ def test_grace_hopper_is_offline():
 
 def test_mona_lisa_download_verified_and_cached(tmp_path):
     from conftest import shared_path
+
     from tkh.portraits import load_portrait
 
     src = shared_path("portraits", "mona_lisa.jpg")
@@ -44,6 +46,7 @@ def test_mona_lisa_download_verified_and_cached(tmp_path):
 
 def test_mona_lisa_wrong_checksum_and_failed_download_fall_back(tmp_path, grace_hopper):
     from conftest import shared_path
+
     from tkh.portraits import load_portrait
 
     served = tmp_path / "served"

@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from adapt_helpers import NAME, make_tiny_pretrained
 from tkh import pretrained
 from tkh.evaluate import evaluate
+
+from adapt_helpers import NAME, make_tiny_pretrained
 
 
 @pytest.fixture(scope="module")

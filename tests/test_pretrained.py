@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt_helpers import NAME, make_tiny_pretrained
 from tkh import pretrained
 from tkh.errors import CheckpointError, WeightsUnavailableError
+
+from adapt_helpers import NAME, make_tiny_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 
