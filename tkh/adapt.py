@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tkh.atomic import save_safetensors
 from tkh.config import AdaptConfig
 from tkh.errors import BadInputError, CheckpointError
 from tkh.landmarks import CropTransform, crop, detect, rasterize
@@ -187,8 +187,6 @@ class AdaptedPortrait:
         fp16 difference G_ft − G_base of every changed tensor except P (ψ' replaces P·ê); the header holds
         the base weights' name and sha256, the AdaptConfig and timings.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors: dict[str, torch.Tensor] = {
             "psi": self.psi.detach().float().cpu().contiguous(),
@@ -215,16 +213,7 @@ class AdaptedPortrait:
             "transforms": json.dumps([asdict(t) for t in self.transforms]),
             "seconds": f"{self.seconds:.3f}",
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_safetensors(tensors, path, metadata=header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, base=None, map_location: str | torch.device = "cpu") -> AdaptedPortrait:

@@ -52,6 +52,11 @@ def _tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
     return ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
+def _check_chw(t: torch.Tensor, i: int) -> None:
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise BadInputError(f"image {i}: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(t.shape)}")
+
+
 def _as_uint8_list(x: Any) -> tuple[list[np.ndarray], bool]:
     """Images in any accepted form -> list of RGB uint8 (H, W, 3), and whether it was a batch."""
     batch = _is_batch(x)
@@ -59,8 +64,7 @@ def _as_uint8_list(x: Any) -> tuple[list[np.ndarray], bool]:
     out = []
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
-            if item.ndim != 3 or item.shape[0] != 3:
-                raise BadInputError(f"image {i}: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(item.shape)}")
+            _check_chw(item, i)
             out.append(_tensor_to_uint8(item))
         elif isinstance(item, np.ndarray):
             out.append(to_rgb_uint8(item, f"image {i}"))
@@ -76,8 +80,7 @@ def _as_unit_float(x: Any) -> tuple[np.ndarray, bool]:
     out = []
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
-            if item.ndim != 3 or item.shape[0] != 3:
-                raise BadInputError(f"image {i}: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(item.shape)}")
+            _check_chw(item, i)
             out.append(((item.detach().double().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
         elif isinstance(item, np.ndarray) and item.dtype != np.uint8 and np.issubdtype(item.dtype, np.floating):
             a = np.asarray(item, dtype=np.float64)

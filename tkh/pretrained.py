@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +225,7 @@ def write_manifest(checkpoint: str | os.PathLike | Any, name: str, out_dir: str 
     `<out_dir>/manifest.json` (other entries are kept). Returns the entry. metrics / training are free-form
     dicts stored as given (see pretrained/README.md for the fields tkh writes).
     """
-    from safetensors.torch import save_file
-
+    from tkh.atomic import save_safetensors
     from tkh.hub import sha256_of
     from tkh.models import FORMAT, TalkingHeadModel
 
@@ -259,14 +257,7 @@ def write_manifest(checkpoint: str | os.PathLike | Any, name: str, out_dir: str 
     files = []
     for i, shard in enumerate(shards, 1):
         fname = f"{name}-{i:05d}-of-{len(shards):05d}.safetensors"
-        fd, tmp = tempfile.mkstemp(prefix=fname + ".", suffix=".tmp", dir=out)
-        os.close(fd)
-        try:
-            save_file(shard, tmp, metadata=header)
-            os.replace(tmp, out / fname)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors(shard, out / fname, metadata=header)
         files.append({"path": fname, "sha256": sha256_of(out / fname), "bytes": (out / fname).stat().st_size})
     counts = model.param_counts()
     counts["D.W"] = 0

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tkh.atomic import save_safetensors
 from tkh.config import Config, ModelConfig
 from tkh.errors import CheckpointError, ConfigError
 from tkh.models.discriminator import Discriminator
@@ -78,8 +78,6 @@ class TalkingHeadModel(nn.Module):
         dtype=torch.float16 halves the file (the shipped weights); `load` returns float32 regardless.
         keep_video_embeddings=False drops D's W (not needed for few-shot use, sec. 3.3).
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         state = {}
         for name, t in self.state_dict().items():
@@ -95,16 +93,7 @@ class TalkingHeadModel(nn.Module):
             "num_videos": str(state["D.W"].shape[0]),
             "meta": json.dumps(meta or {}),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_safetensors(state, path, metadata=header)
 
     @classmethod
     def load(
