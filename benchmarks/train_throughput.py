@@ -58,7 +58,7 @@ def make_step(config: str, device: torch.device, batch: int, fast: bool, k: int 
     }
     runner = MetaStep(model, perceptual, loss_cfg)
     frozen = [p for n, p in model.D.named_parameters() if n != "W"]
-    ctx = _Ctx(device, DistInfo(), torch.bfloat16 if fast else None, False, frozen)
+    ctx = _Ctx(device, DistInfo(), torch.bfloat16 if fast else None, False, frozen, model)
     phases = make_phases(tc.d_steps_per_g)
     s = cfg.model.image_size
     g = torch.Generator().manual_seed(0)
