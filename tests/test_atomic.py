@@ -26,3 +26,15 @@ def test_save_creates_the_folder_and_replaces(tmp_path):
     save_safetensors({"a": torch.full((2,), 7.0)}, target)
     assert torch.equal(load_file(target)["a"], torch.full((2,), 7.0))
     assert len(list(target.parent.iterdir())) == 1
+
+
+def test_written_file_has_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a shared pretrained/ or run folder stays readable as any file the user writes."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = save_safetensors({"a": torch.zeros(1)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644

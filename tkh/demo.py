@@ -35,7 +35,7 @@ def demo_settings(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"steps": 200, "max_seconds": 60.0, "frames_per_edit": 16}
     # 40 steps (the adapt default) leave the shipped CPU-trained weights far from the portrait (mean |x - x̂|
-    # 0.19); 120 steps reach 0.14 and look like the sitter (measured on grace-hopper, 2 cores: ~1.1 s a step)
+    # 0.17 on grace-hopper); ~146 steps (the budget on 2 cores, ~1.1 s a step) reach 0.11 and look like her
     return {"steps": 150, "max_seconds": 170.0, "frames_per_edit": 12}
 
 
