@@ -2,7 +2,8 @@
 
     python pretrained/make.py runs/small-cpu/checkpoints/<last>.safetensors --name small \
         --heldout ../shared/talking-heads/{lp_d5.mp4,grid_swiz3n.mpg,vox_lia_1.mp4} \
-        --painting ../shared/portraits/mona_lisa.jpg --training runs/small-cpu/training.json
+        --painting ../shared/portraits/mona_lisa.jpg --training runs/small-cpu/training.json \
+        --description "tkh small (128 px), meta-trained on ..."
 
 1. self-reenactment on every held-out clip (`tkh.evaluate.evaluate_self`: adapt on the first half of the
    clip, reconstruct frames of the second half): 1-shot and 8-shot, FF and FT -> SSIM, PSNR, CSIM and
@@ -98,7 +99,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, nargs="+", required=True, help="held-out talking-head clips")
     ap.add_argument("--painting", type=Path, help="a painting for the cross-reenactment row of the figure")
     ap.add_argument("--training", type=Path, help="JSON with the training record (data, steps, compute, command)")
-    ap.add_argument("--description", default="")
+    ap.add_argument("--description", required=True, help="one line for the manifest: size, training time, data")
     ap.add_argument("--ft-steps", type=int, default=40)
     ap.add_argument("--backend", default="dlib")
     ap.add_argument("--out", type=Path, default=HERE)
