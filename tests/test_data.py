@@ -159,6 +159,8 @@ def test_second_writer_refused_and_temp_dirs_ignored(tmp_path, carphone_path):
     junk = out / "videos" / ".tmp-half-written-123"
     junk.mkdir()
     (junk / "frames.npy").write_bytes(b"\x93NUMPY garbage")
+    half_index = out / "index.json.k1ll3d.tmp"  # an index write killed before its rename (tkh.atomic's name)
+    half_index.write_text('{"format": ')
     assert load_cache_index(out).num_videos == 1  # readers never look at temp dirs
     fd = os.open(out / ".lock", os.O_RDWR)
     try:
@@ -168,7 +170,7 @@ def test_second_writer_refused_and_temp_dirs_ignored(tmp_path, carphone_path):
     finally:
         os.close(fd)
     preprocess([carphone_path], out, size=SIZE, frames_per_video=4, backend="dlib", progress=False)
-    assert not junk.exists()  # the next writer cleans leftovers
+    assert not junk.exists() and not half_index.exists()  # the next writer cleans leftovers
 
 
 def test_deleted_video_folder_is_redone_and_unindexed_folder_adopted(tmp_path, carphone_path):

@@ -7,26 +7,31 @@ if any, is left as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "save_safetensors"]
+__all__ = ["atomic_path", "save_safetensors", "write_json"]
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a fresh temporary path in `path`'s folder; on normal exit it is renamed over `path`."""
+    """Yield a fresh temporary path in `path`'s folder; on normal exit it is flushed to disk (fsync, so a
+    power cut after the rename cannot leave an empty file behind a valid name) and renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make shared weights unreadable to others
         os.replace(tmp, path)
     finally:
@@ -47,4 +52,11 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
 
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) -> Path:
+    """`json.dump` to `path`, atomically (see the module doc). Returns `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n")
     return Path(path)

@@ -225,7 +225,7 @@ def write_manifest(checkpoint: str | os.PathLike | Any, name: str, out_dir: str 
     `<out_dir>/manifest.json` (other entries are kept). Returns the entry. metrics / training are free-form
     dicts stored as given (see pretrained/README.md for the fields tkh writes).
     """
-    from tkh.atomic import save_safetensors
+    from tkh.atomic import save_safetensors, write_json
     from tkh.hub import sha256_of
     from tkh.models import FORMAT, TalkingHeadModel
 
@@ -270,7 +270,5 @@ def write_manifest(checkpoint: str | os.PathLike | Any, name: str, out_dir: str 
     manifest["models"][name] = entry
     if default or not manifest.get("default"):
         manifest["default"] = name
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json(out / "manifest.json", manifest, indent=2)
     return {"name": name, **entry}

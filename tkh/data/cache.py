@@ -66,16 +66,6 @@ def video_dirname(video_id: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes and the writer lock
 # ---------------------------------------------------------------------------------------------
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file, fsync, then rename over `path`: a reader sees the old or the new file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
     """Hold CACHE/.lock (flock) while writing: a second `tkh preprocess` into the same cache is refused.
@@ -109,7 +99,8 @@ def clean_temp_dirs(root: Path) -> int:
             if p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
-    for p in root.glob(f"{INDEX}.*.part"):
+    # index writes killed mid-way (tkh.atomic's "<name>.*.tmp"; "*.part" from caches of earlier versions)
+    for p in [*root.glob(f"{INDEX}.*.tmp"), *root.glob(f"{INDEX}.*.part")]:
         p.unlink(missing_ok=True)
         n += 1
     return n

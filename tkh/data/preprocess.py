@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from tkh.atomic import write_json
 from tkh.data.cache import (
     INDEX,
     TMP_PREFIX,
@@ -41,7 +42,6 @@ from tkh.data.cache import (
     new_index,
     read_index,
     video_dirname,
-    write_json_atomic,
     writer_lock,
 )
 from tkh.data.sources import VideoSource, discover_videos
@@ -372,7 +372,7 @@ def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str
                       "min_face_fraction": config["min_face_fraction"]}
         clean_temp_dirs(root)
         entries = _existing_entries(root, index)
-        write_json_atomic(root / INDEX, new_index(config, entries.values()))
+        write_json(root / INDEX, new_index(config, entries.values()), indent=1)
 
         def finished(s: VideoSource) -> bool:
             e = entries.get(s.id)
@@ -427,7 +427,7 @@ def _run(todo: list[VideoSource], root: Path, config: dict[str, Any], device: st
         bar.set_postfix(ok=sum(e["status"] == "ok" for e in done), skipped=sum(e["status"] != "ok" for e in done),
                         frames=sum(e["n_frames"] for e in done if e["status"] == "ok"))
         if time.monotonic() - last_write >= INDEX_WRITE_INTERVAL:
-            write_json_atomic(root / INDEX, new_index(config, entries.values()))
+            write_json(root / INDEX, new_index(config, entries.values()), indent=1)
             last_write = time.monotonic()
 
     jobs = [(asdict(s), str(root), config, device, batch_size) for s in todo]
@@ -452,5 +452,5 @@ def _run(todo: list[VideoSource], root: Path, config: dict[str, Any], device: st
                     raise
     finally:
         bar.close()
-        write_json_atomic(root / INDEX, new_index(config, entries.values()))
+        write_json(root / INDEX, new_index(config, entries.values()), indent=1)
     return done

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tkh.atomic import atomic_path, write_json
 from tkh.config import Config
 from tkh.errors import CheckpointError
 
@@ -82,25 +82,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -119,7 +102,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimiz
     model.save(weights, meta=meta)
     _atomic_torch_save({"format": "tkh.train/1", "train_state": state.to_dict(),
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state()}, extra)
-    _atomic_json({"step": state.step, "model": weights.name, "state": extra.name}, ckpt_dir / POINTER)
+    write_json(ckpt_dir / POINTER, {"step": state.step, "model": weights.name, "state": extra.name})
     # Only now that the pointer names the new pair may old pairs go.
     pairs = sorted(ckpt_dir.glob("step_*.safetensors"))
     for old in pairs[:-keep] if keep > 0 else []:
