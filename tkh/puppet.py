@@ -230,11 +230,16 @@ class Puppet:
 
     def render_landmarks(self, landmarks: np.ndarray) -> np.ndarray:
         """Render explicit landmarks (68, 2) in crop pixels (e.g. from a driving video): uint8 (S, S, 3)."""
+        return self.render_landmarks_pair(landmarks)[0]
+
+    def render_landmarks_pair(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(frame, landmark image) for explicit landmarks (68, 2) in crop pixels, both uint8 (S, S, 3)."""
         t0 = time.perf_counter()
-        frame = self._generate(rasterize(np.asarray(landmarks, np.float32), self.size))
+        y_img = rasterize(np.asarray(landmarks, np.float32), self.size)
+        frame = self._generate(y_img)
         self.last_ms = (time.perf_counter() - t0) * 1000
         self.renders += 1
-        return frame
+        return frame, y_img
 
     def _generate(self, y_img: np.ndarray) -> np.ndarray:
         """x̂ = G.render(y, ψ) for one uint8 landmark image (S, S, 3) -> uint8 frame (S, S, 3)."""

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from tkh.landmarks import rasterize
 from tkh.puppet import CONTROLS, PRESETS, Puppet, neutral_controls
 
 __all__ = ["SLIDERS", "PuppetApp", "jpeg_bytes", "slider_value"]
@@ -231,9 +230,8 @@ class PuppetApp:
         with self._engine_lock:
             track = self.puppet.driving_landmarks(driver, max_frames=max_frames, backend=backend)
             for lms in track:
-                frame = self.puppet.render_landmarks(lms)
-                y = rasterize(lms, self.puppet.size) if self.show_landmarks.value else None
-                self._show(frame, y)
+                frame, y = self.puppet.render_landmarks_pair(lms)
+                self._show(frame, y if self.show_landmarks.value else None)
                 shown += 1
                 self.status.value = f"driving from {name}: frame {shown}/{len(track)}"
         self.status.value = f"drove {shown} frames from {name}; move a slider to take over"
