@@ -124,7 +124,7 @@ plt.tight_layout()
 **Next:** `01_landmarks` (what G sees), `02_meta_training` (how it learned), `03_one_shot_painting`
 (fine-tuning on one image), `04_puppeteer` (sliders that move the face live), `05_evaluation`."""),
     ]
-    return _notebook(cells)
+    return notebook(cells)
 
 
 def puppeteer() -> nbformat.NotebookNode:
@@ -298,10 +298,11 @@ for ax, img, controls in zip(axes, shown, steps):
     ax.axis("off")
 """),
     ]
-    return _notebook(cells)
+    return notebook(cells)
 
 
-def _notebook(cells: list) -> nbformat.NotebookNode:
+def notebook(cells: list) -> nbformat.NotebookNode:
+    """A notebook of `cells` with the metadata every tkh notebook carries (Python 3 kernel, Colab)."""
     nb = new_notebook(cells=cells)
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -311,9 +312,14 @@ def _notebook(cells: list) -> nbformat.NotebookNode:
     return nb
 
 
-if __name__ == "__main__":
-    for name, build in [("00_quickstart.ipynb", quickstart), ("04_puppeteer.ipynb", puppeteer)]:
+def write_notebooks(builds: list[tuple[str, object]]) -> None:
+    """Build, validate and write each (file name, build function) next to this script."""
+    for name, build in builds:
         nb = build()
         nbformat.validate(nb)
         nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    write_notebooks([("00_quickstart.ipynb", quickstart), ("04_puppeteer.ipynb", puppeteer)])

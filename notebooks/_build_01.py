@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from _build_00_04 import COLAB_INSTALL, badge
+from _build_00_04 import COLAB_INSTALL, badge, notebook, write_notebooks
 
-HERE = Path(__file__).resolve().parent
 NAME = "01_landmarks.ipynb"
 BADGE = badge(NAME)
 
@@ -192,14 +189,8 @@ for a, (title, img) in zip(ax, panels):
     a.imshow(img); a.set_title(title); a.axis("off")
 """),
     ]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.metadata["colab"] = {"provenance": []}
-    return nb
+    return notebook(cells)
 
 
 if __name__ == "__main__":
-    path = HERE / NAME
-    nbformat.write(build(), path)
-    print(f"wrote {path}")
+    write_notebooks([(NAME, build)])

@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from _build_00_04 import COLAB_INSTALL, badge
+from _build_00_04 import COLAB_INSTALL, badge, notebook, write_notebooks
 
-HERE = Path(__file__).resolve().parent
 NAME = "02_meta_training.ipynb"
 BADGE = badge(NAME)
 
@@ -202,14 +199,8 @@ torchrun --nproc_per_node 4 -m tkh.cli train --config configs/small.yaml --data 
 ```
 The small config holds out three identities (`train.holdout`) for the evaluation in notebook 03."""),
     ]
-    nb = new_notebook(cells=cells)
-    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                   "language_info": {"name": "python"}, "colab": {"provenance": []}}
-    return nb
+    return notebook(cells)
 
 
 if __name__ == "__main__":
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, HERE / NAME)
-    print("wrote", HERE / NAME)
+    write_notebooks([(NAME, build)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from _build_00_04 import COLAB_INSTALL, HERE, LOAD_MODEL, _notebook, badge
+from _build_00_04 import COLAB_INSTALL, LOAD_MODEL, badge, notebook, write_notebooks
 
 md, code = new_markdown_cell, new_code_cell
 
@@ -265,7 +265,7 @@ write_image(Path(OUT, "shots_ff_vs_ft.png"), figure_to_array(fig), model=f"{ft.m
 fig
 """),
     ]
-    return _stable_ids(_notebook(cells), "nb03")
+    return _stable_ids(notebook(cells), "nb03")
 
 
 def evaluation() -> nbformat.NotebookNode:
@@ -477,7 +477,7 @@ print("saved:", *study.save(OUT, model=getattr(model, "weights_name", model.cfg.
 study.figure(reveal=True)
 """),
     ]
-    return _stable_ids(_notebook(cells), "nb05")
+    return _stable_ids(notebook(cells), "nb05")
 
 
 def _stable_ids(nb: nbformat.NotebookNode, prefix: str) -> nbformat.NotebookNode:
@@ -488,8 +488,4 @@ def _stable_ids(nb: nbformat.NotebookNode, prefix: str) -> nbformat.NotebookNode
 
 
 if __name__ == "__main__":
-    for name, build in [("03_one_shot_painting.ipynb", one_shot_painting), ("05_evaluation.ipynb", evaluation)]:
-        nb = build()
-        nbformat.validate(nb)
-        nbformat.write(nb, HERE / name)
-        print("wrote", HERE / name)
+    write_notebooks([("03_one_shot_painting.ipynb", one_shot_painting), ("05_evaluation.ipynb", evaluation)])
