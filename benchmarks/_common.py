@@ -117,27 +117,29 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def rss_mib() -> float:
-    """The process's current resident set size in MiB (Linux; 0 elsewhere)."""
+def _proc_status_mib(key: str) -> float | None:
+    """A kB field of /proc/self/status (e.g. VmRSS, VmHWM) in MiB; None where there is none (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def rss_mib() -> float:
+    """The process's current resident set size in MiB (Linux; 0 elsewhere)."""
+    return _proc_status_mib("VmRSS") or 0.0
 
 
 def peak_memory_mib(device: torch.device) -> float:
     """Peak GPU memory allocated by torch (CUDA), else the process's peak resident set size, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
