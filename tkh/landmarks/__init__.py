@@ -9,6 +9,8 @@ drawing the 68 iBUG points as coloured polylines. This package is everything aro
 - `rasterize(landmarks, size)` / `rasterize_torch(batch, size)`: the landmark image y.
 - `edit(landmarks, jaw_open=..., smile=..., yaw=...)`: expression and head-pose edits.
 - `smooth_track(track)`: One-Euro temporal filter for tracks.
+- `plausible(landmarks, box)` / `plausible_track(track)`: do 68 points look like a face (eyes above
+  nose above mouth above chin, eyes apart, inside the face box)?
 """
 
 from tkh.landmarks.crop import CropTransform, box_jitter, crop, face_box, stable_boxes
@@ -24,12 +26,14 @@ from tkh.landmarks.detect import (
 )
 from tkh.landmarks.draw import PART_COLOURS, PARTS, draw_on_image, rasterize, rasterize_torch
 from tkh.landmarks.edit import CLOSURES, EXPRESSIONS, RANGES, edit, fit_pose, mean_face_3d
+from tkh.landmarks.sanity import implausible_reason, plausible, plausible_track
 from tkh.landmarks.smooth import OneEuroFilter, smooth_track
 
 __all__ = [
     "CLOSURES", "EXPRESSIONS", "PARTS", "PART_COLOURS", "RANGES", "CropTransform", "OneEuroFilter", "VideoLandmarks",
     "box_jitter", "crop", "detect", "detect_video", "draw_on_image", "edit", "ensure_face_alignment_weights",
-    "face_alignment_weight_paths", "face_box", "fit_pose", "get_backend", "mean_face_3d", "rasterize",
-    "rasterize_torch", "reset_backends", "resolve_backend", "smooth_track", "stable_boxes",
+    "face_alignment_weight_paths", "face_box", "fit_pose", "get_backend", "implausible_reason", "mean_face_3d",
+    "plausible", "plausible_track", "rasterize", "rasterize_torch", "reset_backends", "resolve_backend",
+    "smooth_track", "stable_boxes",
 ]
 
