@@ -123,3 +123,15 @@ def test_safetensors_cache_is_written_once_and_reused(tmp_path, monkeypatch, net
     files[0].write_bytes(b"broken")  # a damaged cache is rebuilt, not trusted
     third = load_dlib_face_resnet()
     assert len(calls) == 1 and same(third, net)
+
+
+def test_features_under_cpu_bf16_autocast(net, grace_hopper):
+    """The antialiased resize has no bf16 kernel; under autocast it runs in float32 and the maps stay
+    within bf16 rounding of float32 (measured 0.2-0.8 % mean relative difference)."""
+    x = torch.from_numpy(grace_hopper[:300, 100:400].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    ref = net.features(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = net.features(x.bfloat16())
+    for r, g in zip(ref, got):
+        assert torch.isfinite(g).all()
+        assert (g.float() - r).abs().mean() / r.abs().mean() < 0.05

@@ -54,12 +54,12 @@ FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 def hinge_d(real_score: torch.Tensor, fake_score: torch.Tensor) -> torch.Tensor:
     """L_DSC = mean(max(0, 1 − D(x))) + mean(max(0, 1 + D(x̂))) (sec. 3.2). Scores: (B,) -> scalar."""
-    return F.relu(1.0 - real_score).mean() + F.relu(1.0 + fake_score).mean()
+    return F.relu(1.0 - real_score.float()).mean() + F.relu(1.0 + fake_score.float()).mean()
 
 
 def adv_g(fake_score: torch.Tensor) -> torch.Tensor:
     """The generator's adversarial term −D(x̂, y, i), averaged over the batch (sec. 3.2). (B,) -> scalar."""
-    return -fake_score.mean()
+    return -fake_score.float().mean()  # float32: under bf16 autocast the score is bf16
 
 
 def feature_matching(real_feats: Sequence[torch.Tensor], fake_feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -267,6 +267,7 @@ def discriminator_loss(
     Pass fake_score computed on a detached x̂ so that only D is updated. Returns (total, parts) with
     d_real, d_fake (the two hinge terms), real_score, fake_score (mean raw scores) and total, detached.
     """
+    real_score, fake_score = real_score.float(), fake_score.float()  # bf16 under autocast; losses in float32
     d_real = F.relu(1.0 - real_score).mean()
     d_fake = F.relu(1.0 + fake_score).mean()
     total = d_real + d_fake

@@ -125,8 +125,10 @@ class DlibFaceResNet(nn.Module):
     def normalize(self, x: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """[-1, 1] RGB (B, 3, H, W) -> dlib's input scale, resized to 150x150 when `resize`."""
         if resize and x.shape[-2:] != (CHIP_SIZE, CHIP_SIZE):
-            x = F.interpolate(x, size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False,
-                              antialias=True)
+            # The antialiased resize has no bf16 (or fp16) kernel: under autocast resize in float32; the
+            # convolutions that follow cast to the autocast dtype themselves.
+            x = F.interpolate(x.float() if x.dtype in (torch.bfloat16, torch.float16) else x,
+                              size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False, antialias=True)
         pixels = (x + 1.0) * 127.5
         return (pixels - self.mean_rgb.to(x.dtype)) / 256.0
 
