@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import numpy as np
 import pytest
@@ -295,22 +294,22 @@ def test_describe_table():
     assert "E (embedder)" in text and "G (generator, with P)" in text and "D (without W)" in text
 
 
-def test_one_tiny_step_is_fast():
-    """E+G+D forward/backward for batch 2, K = 2 with the tiny config: well under a few seconds on a CPU."""
+def test_one_tiny_step_reaches_every_network():
+    """E+G+D forward/backward for batch 2, K = 2 with the tiny config: every network gets a finite gradient
+    (the step's speed is measured in benchmarks/train_throughput.py, never asserted here)."""
     cfg = load_config("tiny")
     model = TalkingHeadModel(cfg, 4)
     s = cfg.model.image_size
     x, y = rand(2, 2, 3, s, s, seed=21), rand(2, 2, 3, s, s, seed=22)
-    times = []
-    for _ in range(2):
-        t = time.perf_counter()
-        e = model.E(x, y)
-        fake = model.G(y[:, 0], e)
-        score, _ = model.D(fake, y[:, 0], torch.tensor([0, 1]))
-        real, _ = model.D(x[:, 0], y[:, 0], torch.tensor([0, 1]))
-        (score.sum() - real.sum()).backward()
-        times.append(time.perf_counter() - t)
-    assert min(times) < 10.0  # generous: a shared CI core; ~0.3 s on an idle laptop core
+    e = model.E(x, y)
+    fake = model.G(y[:, 0], e)
+    score, _ = model.D(fake, y[:, 0], torch.tensor([0, 1]))
+    real, _ = model.D(x[:, 0], y[:, 0], torch.tensor([0, 1]))
+    (score.sum() - real.sum()).backward()
+    for name in ("E", "G", "D"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
 def _face_episode(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,6 @@ observers a drag in JupyterLab fires (tests/test_browser.py checks the real fron
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -146,12 +145,26 @@ def test_play_drives_the_shown_frame_from_a_track(app, puppet):  # noqa: F811
 
 
 def test_slider_events_are_coalesced_latest_wins(app):
+    import threading
+
     renders0, events0 = app.stats["renders"], app.stats["events"]
     values = np.linspace(0.01, 1, 60)
-    t0 = time.perf_counter()
-    for v in values:  # a fast drag: 60 events in well under the time of 60 renders
-        app.sliders["jaw_open"].value = float(v)
-    assert time.perf_counter() - t0 < 1.0  # the event handlers never wait for a render
+    # The event handlers never wait for a render: with every render held at a gate, a fast drag of 60
+    # events still completes (a handler that waited would hang until the gate opens).
+    gate, render_pair = threading.Event(), app.puppet.render_pair
+    app.puppet.render_pair = lambda **c: (gate.wait(60), render_pair(**c))[1]
+
+    def drag() -> None:
+        for v in values:
+            app.sliders["jaw_open"].value = float(v)
+
+    dragger = threading.Thread(target=drag)
+    dragger.start()
+    dragger.join(timeout=30)
+    drag_done = not dragger.is_alive()
+    gate.set()
+    app.puppet.render_pair = render_pair
+    assert drag_done, "a slider event handler waited for a render"
     assert app.wait(timeout=30)
     renders = app.stats["renders"] - renders0
     assert app.stats["events"] - events0 == 60
