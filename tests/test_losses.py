@@ -152,11 +152,19 @@ def test_auto_uses_what_loads_and_refuses_when_nothing_does(tmp_path):
     VGG19 is missing); with no real weights at all it refuses, and the pixel fallback needs allow_no_perceptual."""
     pytest.importorskip("face_recognition_models")
     no_vgg = str(tmp_path / "vgg19-dcbb9e9d.pth")  # absent: no download is tried for an explicit path
+    no_vgg16 = str(tmp_path / "vgg16-lpips.safetensors")
     with pytest.warns(UserWarning, match="using dlib only"):
-        loss = PerceptualLoss(LossConfig(perceptual="auto", vgg19_path=no_vgg))
+        loss = PerceptualLoss(LossConfig(perceptual="auto", vgg19_path=no_vgg, vgg16_path=no_vgg16))
     assert list(loss.nets) == ["dlib"] and loss.pixel_weight == 0
+    from tkh.nets import vgg16_available
 
-    nothing = LossConfig(perceptual="auto", vgg19_path=no_vgg, face_weights_path=str(tmp_path / "no-face.dat"))
+    if vgg16_available():  # VGG19 missing, the offline VGG16 stands in for it (with its own weight)
+        with pytest.warns(UserWarning, match="VGG16 stands in"):
+            loss = PerceptualLoss(LossConfig(perceptual="auto", vgg19_path=no_vgg))
+        assert list(loss.nets) == ["vgg16", "dlib"] and loss.weights["vgg16"] == LossConfig().vgg16_weight
+
+    nothing = LossConfig(perceptual="auto", vgg19_path=no_vgg, vgg16_path=no_vgg16,
+                         face_weights_path=str(tmp_path / "no-face.dat"))
     with pytest.raises(WeightsUnavailableError) as info:
         PerceptualLoss(nothing)
     msg = str(info.value)

@@ -305,10 +305,9 @@ def _perceptual(model, cfg: AdaptConfig, device: torch.device):
         from tkh.nets import available_perceptual
 
         have = available_perceptual()
-        choice = "vgg19+face" if "vgg19" in have and have != ["vgg19"] else ("vgg19" if "vgg19" in have else
-                                                                           "face" if have else "none")
-        if loss_cfg.face_network != "dlib" and choice in ("vgg19+face", "face"):
-            choice = "vgg19" if "vgg19" in have else "none"  # VGGFace needs the user's file: keep what loads
+        imagenet = next((n for n in ("vgg19", "vgg16") if n in have), None)
+        face = "dlib" in have and loss_cfg.face_network == "dlib"  # VGGFace needs the user's file
+        choice = f"{imagenet}+face" if imagenet and face else imagenet or ("face" if face else "none")
         loss_cfg = dataclasses.replace(loss_cfg, perceptual=choice)
     elif cfg.perceptual:
         loss_cfg = dataclasses.replace(loss_cfg, perceptual=cfg.perceptual)

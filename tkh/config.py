@@ -56,7 +56,9 @@ class ModelConfig:
 class LossConfig:
     """Weights of L = L_CNT + L_ADV + L_MCH (sec. 3.2, eqs. 1-5)."""
 
-    perceptual: str = "auto"       # "auto" (use whatever real weights are found), "vgg19+face", "vgg19", "face", "none"
+    perceptual: str = "auto"       # "auto": an ImageNet network (VGG19, else the offline VGG16) + the face network,
+                                   # whichever have real weights; or "vgg19+face", "vgg19", "vgg16+face", "vgg16",
+                                   # "face", "none" (a named network that does not load is an error)
     allow_no_perceptual: bool = False  # must be set to train with pixel/feature-matching losses only
     vgg19_weight: float = 1.5e-1   # weight of the VGG19 part of L_CNT (paper v2; v1: 1e-2)
     vgg19_layers: tuple[int, ...] = (1, 6, 11, 20, 29)  # ReLU outputs of VGG19's features (paper)
@@ -65,6 +67,11 @@ class LossConfig:
     face_weights_path: str = ""    # local weights file of the face network ("" = its default: dlib's from
                                    # face_recognition_models; VGGFace needs the user's converted file)
     vgg19_path: str = ""           # local VGG19 state dict ("" = torchvision's, downloaded into torch hub's cache)
+    vgg16_weight: float = 2.0e-1   # weight of the VGG16 part of L_CNT when VGG16 stands in for VGG19 (not in the
+                                   # paper): 1.5e-1 x 1.43, the median ratio of VGG16's L1 at relu1_1..5_1 (the
+                                   # paper's VGG19 choice) to its L1 at vgg16_layers on real faces (README)
+    vgg16_layers: tuple[int, ...] = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (LPIPS's)
+    vgg16_path: str = ""           # converted VGG16 safetensors ("" = tkh's cache, made by `tkh fetch vgg16`)
     pixel_weight: float = 10.0     # L1 on pixels; not in the paper: replaces L_CNT only when no perceptual
                                    # network loads and allow_no_perceptual is set (10 ≈ λ_FM's scale)
     pixel_l1: float = 0.0          # pixel L1 added to L_CNT even when networks load; not in the paper (0). The

@@ -109,9 +109,10 @@ def _as_list(feats: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]
 class PerceptualLoss(nn.Module):
     """L_CNT with real VGG19 / face-network weights from `tkh.nets` (sec. 3.2).
 
-    `loss_cfg.perceptual` picks the networks: "auto" (every one whose real weights load: offline that is
-    the dlib face network), "vgg19+face", "vgg19", "face" (the one named by `loss_cfg.face_network`),
-    "none". A network that was asked for by name and does not load raises WeightsUnavailableError; so
+    `loss_cfg.perceptual` picks the networks: "auto" (an ImageNet network — VGG19, else the offline VGG16
+    of `tkh.nets.vgg16` — and the face network, each when its real weights load), "vgg19+face", "vgg19",
+    "vgg16+face", "vgg16", "face" (the one named by `loss_cfg.face_network`), "none". A network that was
+    asked for by name and does not load raises WeightsUnavailableError; so
     does ending up with no network at all, unless `loss_cfg.allow_no_perceptual`, in which case a pixel
     L1 term with weight `loss_cfg.pixel_weight` replaces L_CNT and a warning says so.
 
@@ -141,9 +142,10 @@ class PerceptualLoss(nn.Module):
                 missing.append(f"{name}: {reason}")
                 continue
             net.eval().requires_grad_(False)
-            key = name if name == "vgg19" else loss_cfg.face_network  # "vgg19", "dlib" or "vggface"
-            self.nets[key] = net
-            self.weights[key] = loss_cfg.vgg19_weight if name == "vgg19" else loss_cfg.face_weight
+            key = getattr(net, "imagenet_name", None) or (name if name in ("vgg19", "vgg16") else loss_cfg.face_network)
+            self.nets[key] = net  # key: "vgg19", "vgg16", "dlib" or "vggface"
+            self.weights[key] = {"vgg19": loss_cfg.vgg19_weight, "vgg16": loss_cfg.vgg16_weight}.get(
+                key, loss_cfg.face_weight)
 
         self.pixel_weight = 0.0
         if not self.nets:
@@ -197,8 +199,9 @@ class PerceptualLoss(nn.Module):
 
 
 def _wanted_networks(perceptual: str) -> list[str]:
-    choices = {"auto": ["vgg19", "face"], "vgg19+face": ["vgg19", "face"], "vgg19": ["vgg19"], "face": ["face"],
-               "none": []}
+    # "imagenet": VGG19 (the paper's, torchvision's weights) when it loads, else VGG16 (offline, tkh.nets.vgg16)
+    choices = {"auto": ["imagenet", "face"], "vgg19+face": ["vgg19", "face"], "vgg19": ["vgg19"],
+               "vgg16+face": ["vgg16", "face"], "vgg16": ["vgg16"], "face": ["face"], "none": []}
     if perceptual not in choices:
         raise ConfigError(f"loss.perceptual must be one of {sorted(choices)}, got {perceptual!r}")
     return choices[perceptual]
@@ -208,9 +211,34 @@ def _load_network(name: str, cfg: LossConfig) -> nn.Module:
     """A real-weights network from tkh.nets (imported here: tkh.losses must import without it)."""
     import tkh.nets as nets
 
+    if name == "imagenet":  # VGG19 first (the paper's network), else the offline VGG16; say why neither
+        try:
+            net = _load_network("vgg19", cfg)
+        except (WeightsUnavailableError, TkhError, ImportError, OSError) as vgg19_exc:
+            try:
+                net = _load_network("vgg16", cfg)
+            except (WeightsUnavailableError, TkhError, ImportError, OSError) as vgg16_exc:
+                raise WeightsUnavailableError(f"no ImageNet network: vgg19 ({str(vgg19_exc).splitlines()[0]}); "
+                                              f"vgg16 ({str(vgg16_exc).splitlines()[0]})") from None
+            warnings.warn(f"PerceptualLoss: VGG19 is unavailable ({str(vgg19_exc).splitlines()[0]}); the offline "
+                          "ImageNet VGG16 stands in for it (loss.vgg16_weight)", stacklevel=3)
+            net.imagenet_name = "vgg16"
+            return net
+        net.imagenet_name = "vgg19"
+        return net
     if name == "vgg19":
-        return nets.load_vgg19(path=cfg.vgg19_path or None, layers=tuple(cfg.vgg19_layers), progress=False)
+        return nets.load_vgg19(path=cfg.vgg19_path or None, layers=tuple(cfg.vgg19_layers), progress=False,
+                               download=not _offline())
+    if name == "vgg16":
+        return nets.load_vgg16(path=cfg.vgg16_path or None, layers=tuple(cfg.vgg16_layers))
     return nets.load_face_network(cfg.face_network, path=cfg.face_weights_path or None)
+
+
+def _offline() -> bool:
+    """TKH_OFFLINE=1: never try a download (it could only time out)."""
+    import os
+
+    return os.environ.get("TKH_OFFLINE", "") not in ("", "0")
 
 
 def _feature_fn(net: nn.Module) -> FeatureFn:

