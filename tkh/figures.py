@@ -1,7 +1,7 @@
 """Figures for comparing generated faces: a labelled image grid and a blind, user-study-style grid.
 
 - `image_grid(rows, row_labels, col_labels, cell_text)`: a matplotlib Figure of images in rows and columns
-  with a caption under each cell (e.g. "CSIM 0.61 · SSIM 0.42"). Used by notebooks 03 and 05 to put FF,
+  with a caption under each cell (e.g. "CSIM 0.61 · SSIM 0.42"). Used by notebooks 04 and 06 to put FF,
   FT and the real face side by side.
 - `blind_grid({identity: {"real": img, "FF": img, "FT": img}}, seed)`: the paper's user study in miniature
   (Zakharov et al. 2019, sec. 4: people were shown real and generated images of a person and asked
@@ -23,12 +23,13 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tkh.errors import BadInputError
 
-__all__ = ["BlindGrid", "blind_grid", "image_grid"]
+__all__ = ["BlindGrid", "blind_grid", "image_grid", "same_pose"]
 
 
 def _figure(width: float, height: float):
@@ -182,3 +183,12 @@ def blind_grid(rows: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0) -> B
         orders.append(order)
         images.append([np.asarray(methods[m]) for m in order])
     return BlindGrid(names, orders, images, seed)
+
+
+def same_pose(adapted: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{"ff": AdaptedPortrait, "ft": ...} -> {"real": the first adaptation crop, "FF": its redraw, "FT": ...}.
+
+    Each adaptation redraws the crop it was adapted on from that crop's own landmarks: a row of
+    `blind_grid` in the same pose (easy for FT: it was tuned on that very image)."""
+    first = next(iter(adapted.values()))
+    return {"real": first.crops[0], **{m.upper(): a.render(a.crop_landmarks[0]) for m, a in adapted.items()}}

@@ -32,7 +32,7 @@ import numpy as np
 
 from tkh.puppet import CONTROLS, PRESETS, Puppet, neutral_controls
 
-__all__ = ["SLIDERS", "PuppetApp", "jpeg_bytes", "slider_value"]
+__all__ = ["SLIDERS", "PuppetApp", "jpeg_bytes", "landmark_sliders", "slider_value"]
 
 # Slider table: control -> (label, min, max, step). Ranges match `tkh.landmarks.edit`; presets lie on the grid.
 SLIDERS: dict[str, tuple[str, float, float, float]] = {
@@ -315,3 +315,25 @@ class PuppetApp:
         ms = self.puppet.last_ms
         self.fps_label.value = (f"{ms:.0f} ms/frame ≈ {1000 / ms:.1f} fps on {self.puppet.device}"
                                 f"{' (bf16)' if self.puppet.use_bf16 else ''}")
+
+
+def landmark_sliders(points: np.ndarray, size: int, figsize: float = 3.5):
+    """Sliders over `tkh.landmarks.edit` that redraw the landmark image y of the edited `points` (crop pixels).
+
+    No model is involved (notebook 01 shows what the generator will be given); returns the
+    `ipywidgets.interactive` to display. Each change re-edits and re-rasterizes, fast enough to follow it."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from tkh.landmarks import edit, rasterize
+
+    def show(**controls: float) -> None:
+        plt.figure(figsize=(figsize, figsize))
+        plt.imshow(rasterize(edit(points, **controls), size))
+        plt.axis("off")
+        plt.show()
+
+    sliders = {name: widgets.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=label,
+                                         continuous_update=False)
+               for name, (label, lo, hi, step) in SLIDERS.items()}
+    return widgets.interactive(show, **sliders)
