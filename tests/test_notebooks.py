@@ -1,5 +1,7 @@
-"""The notebook sequence (issue 7): every notebook runs headless on a CPU with its small setting, and ends
-with a figure; the committed notebooks carry no outputs.
+"""The notebook sequence (issues 7 and 16): every notebook runs headless on a CPU with its small setting and
+ends its lesson with a figure, then 2-4 exercises with check cells; each committed .ipynb is exactly what its
+jupytext source notebooks/NN_name.py builds (notebooks/sync.py): no outputs, content-derived cell ids; ruff
+lints the sources.
 
 How the kernel is found: papermill (like nbmake) asks jupyter_client's KernelSpecManager for a kernel name.
 A plain "python3" would be whatever kernelspec comes first on the Jupyter path (a user-level one may point
@@ -10,12 +12,16 @@ folder put first on JUPYTER_PATH. Nothing is registered on the machine.
 Each notebook runs in a temporary working directory (what it writes stays out of the checkout), with
 papermill's parameters injected after its `parameters` cell (FAST = True, plus a few per notebook).
 `TKH_NOTEBOOK_TIMES=path.json` appends each notebook's wall time to that file (for the README table).
+One notebook while developing: `pytest tests/test_notebooks.py -k 02_networks`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,26 +37,81 @@ KERNEL = "tkh-test"
 SEQUENCE = {
     "00_quickstart.ipynb": ({"FAST": True}, [pytest.mark.slow]),
     "01_landmarks.ipynb": ({"FAST": True}, [pytest.mark.slow]),
-    "02_meta_training.ipynb": ({"FAST": True}, [pytest.mark.slow]),
-    "03_one_shot_painting.ipynb": ({"FAST": True}, [pytest.mark.slow]),
-    "04_puppeteer.ipynb": ({"FAST": True}, [pytest.mark.slow]),
-    "05_evaluation.ipynb": ({"FAST": True}, [pytest.mark.slow]),
+    "02_networks.ipynb": ({"FAST": True}, [pytest.mark.slow]),
+    "03_meta_training.ipynb": ({"FAST": True}, [pytest.mark.slow]),
+    "04_one_shot_painting.ipynb": ({"FAST": True}, [pytest.mark.slow]),
+    "05_puppeteer.ipynb": ({"FAST": True}, [pytest.mark.slow]),
+    "06_evaluation.ipynb": ({"FAST": True}, [pytest.mark.slow]),
 }
+EXERCISES = "## Exercises"  # the heading after the lesson's last figure
 
 
 def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"]
 
 
+def _sync():
+    """notebooks/sync.py as a module (it needs jupytext: the `dev` and `notebooks` extras)."""
+    pytest.importorskip("jupytext", reason="jupytext is not installed (the `dev` extra: bash setup.sh --dev)")
+    spec = importlib.util.spec_from_file_location("tkh_notebook_sync", NOTEBOOKS / "sync.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_sequence_is_complete():
-    """Issue 7's six notebooks exist, and no notebook is left untested."""
+    """The seven notebooks exist, each with its jupytext source, and no notebook is left untested."""
     present = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert present == sorted(SEQUENCE), f"notebooks/ holds {present}; SEQUENCE lists {sorted(SEQUENCE)}"
+    sources = sorted(p.with_suffix(".ipynb").name for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    assert sources == sorted(SEQUENCE), f"jupytext sources {sources} do not match the notebooks"
+
+
+def test_every_notebook_is_in_sync_with_its_source():
+    """Each .ipynb is byte for byte what notebooks/sync.py builds from its .py (edit the .py, run sync.py)."""
+    assert _sync().out_of_sync(NOTEBOOKS) == []
+
+
+def test_out_of_sync_pairs_and_unstable_ids_are_caught(tmp_path):
+    """The sync check names a stale .ipynb, a missing one and an orphan; ids depend on content only."""
+    sync = _sync()
+    src = NOTEBOOKS / "00_quickstart.py"
+    shutil.copy(src, tmp_path / src.name)
+    (tmp_path / "00_quickstart.ipynb").write_text(sync.text(src))
+    assert sync.out_of_sync(tmp_path) == []
+    assert sync.text(src) == sync.text(src)  # a rebuild changes nothing
+    nb = json.loads((tmp_path / "00_quickstart.ipynb").read_text())
+    nb["cells"][0]["id"] = "random-id"  # what a builder with uuid ids would write
+    (tmp_path / "00_quickstart.ipynb").write_text(json.dumps(nb))
+    assert len(sync.out_of_sync(tmp_path)) == 1
+    (tmp_path / "00_quickstart.ipynb").unlink()
+    (tmp_path / "99_orphan.ipynb").write_text("{}")
+    problems = sync.out_of_sync(tmp_path)
+    assert any("missing" in p for p in problems) and any("99_orphan" in p for p in problems)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_cell_ids_derive_from_content(path):
+    """Ids are the content hashes sync.py gives (no random ids: a rebuild leaves git quiet)."""
+    sync = _sync()
+    seen: set[str] = set()
+    for cell in _cells(path):
+        assert cell["id"] == sync.cell_id({"cell_type": cell["cell_type"], "source": "".join(cell["source"])}, seen)
+
+
+def test_ruff_lints_the_notebook_sources():
+    """The .py sources pass the project's ruff configuration (pyproject.toml)."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists() and not shutil.which(ruff):
+        pytest.skip("ruff is not installed (the `dev` extra)")
+    sources = [str(p) for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))] + [str(NOTEBOOKS / "sync.py")]
+    out = subprocess.run([ruff, "check", *sources], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_committed_notebooks_are_stripped(path):
-    """No outputs, no execution counts, no saved widget state (rebuild with notebooks/_build_*.py)."""
+    """No outputs, no execution counts, no saved widget state (rebuild with `python notebooks/sync.py`)."""
     nb = json.loads(path.read_text())
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
@@ -70,6 +131,19 @@ def test_notebooks_follow_the_sequence_conventions(path):
     assert len(params) == 1 and "FAST = True" in "".join(params[0]["source"]), f"{path.name}: parameters cell"
     assert any("google.colab" in "".join(c["source"]) for c in cells if c["cell_type"] == "code"), \
         f"{path.name}: no Colab install cell"
+    markdown = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "$$" in markdown, f"{path.name}: no LaTeX ($$…$$) equation"
+    assert "METHOD.md" not in "".join("".join(c["source"]) for c in cells), f"{path.name} cites METHOD.md"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_end_with_exercises_and_check_cells(path):
+    """After the lesson: an Exercises section with 2-4 check cells (tkh.notebook.check), and nothing else."""
+    cells = _cells(path)
+    starts = [j for j, c in enumerate(cells) if c["cell_type"] == "markdown" and EXERCISES in "".join(c["source"])]
+    assert len(starts) == 1, f"{path.name}: expected one '{EXERCISES}' heading"
+    checks = [c for c in cells[starts[0]:] if c["cell_type"] == "code" and "check(" in "".join(c["source"])]
+    assert 2 <= len(checks) <= 4, f"{path.name}: {len(checks)} check cells after '{EXERCISES}'"
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +169,15 @@ def kernel(tmp_path_factory) -> str:
             os.environ[k] = v
 
 
-def _last_code_cell_has_image(nb: dict) -> bool:
-    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
-    return any("image/png" in out.get("data", {}) for out in code[-1].get("outputs", []))
+def _lesson_ends_with_image(nb: dict) -> bool:
+    """The last code cell before the Exercises heading shows an image/png figure."""
+    lesson = []
+    for c in nb["cells"]:
+        if c["cell_type"] == "markdown" and EXERCISES in "".join(c["source"]):
+            break
+        if c["cell_type"] == "code" and "".join(c["source"]).strip():
+            lesson.append(c)
+    return any("image/png" in out.get("data", {}) for out in lesson[-1].get("outputs", []))
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=m, id=n) for n, (_, m) in SEQUENCE.items()])
@@ -117,4 +197,6 @@ def test_notebook_runs_headless_and_ends_with_a_figure(name, kernel, tmp_path):
         times[name] = round(seconds, 1)
         log.write_text(json.dumps(times, indent=2) + "\n")
     nb = json.loads(out.read_text())
-    assert _last_code_cell_has_image(nb), f"{name}: the last code cell shows no image/png figure"
+    assert _lesson_ends_with_image(nb), f"{name}: the lesson's last code cell shows no image/png figure"
+    shown = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "✗" not in shown, f"{name}: an exercise check failed on its unsolved placeholder"
