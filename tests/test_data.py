@@ -377,3 +377,46 @@ def test_cli_logs_a_corrupt_video_and_goes_on(tmp_path, carphone_path, capsys, c
     assert "skipped broken:" in out and any("skipped broken:" in r.getMessage() for r in caplog.records)
     info = load_cache_index(tmp_path / "c")
     assert info.video_ids == ["good"] and [e.id for e in info.skipped] == ["broken"] and info.skipped[0].reason
+
+
+def test_identities_table_names_the_people_and_w_rows_follow_them(tmp_path, tiny_cache):
+    """An identities table (SOURCES.tsv style: [Pnn] tags, or an identity column) relabels a finished cache
+    without redoing it; with w_rows="identity" two clips of one person share a row of W."""
+    import json
+    import shutil
+
+    from tkh.data import EpisodeDataset, load_cache_index, preprocess, read_identities
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    info = load_cache_index(cache)
+    sources = [v.source for v in info.videos]
+    a, b = (Path(s).name for s in sources[:2])
+    table = tmp_path / "SOURCES.tsv"
+    table.write_text("file\trepo\tperson_note\n"
+                     f"{a}\tx\t[P07] man, frontal\n{b}\tx\t[P07] the same man, another clip\nother.mp4\tx\tno tag\n")
+    names = read_identities(table)
+    assert names == {a: "P07", b: "P07"}
+    summary = preprocess(sources, cache, size=info.size, frames_per_video=info.frames_per_video, backend="dlib",
+                         progress=False, identities=names)
+    assert summary.done_now == 0 and summary.reused == len(sources)  # relabelled, nothing redone
+    relabelled = load_cache_index(cache)
+    assert [v.identity for v in relabelled.videos if Path(v.source).name in (a, b)] == ["P07", "P07"]
+
+    per_video = EpisodeDataset(cache, k=2)
+    per_person = EpisodeDataset(cache, k=2, w_rows="identity")
+    assert per_video.num_videos == len(sources) and per_person.num_videos == len(sources) - 1
+    rows = [per_person[i]["video_index"] for i in range(len(per_person))]
+    shared = [rows[i] for i, v in enumerate(per_person.entries) if v.identity == "P07"]
+    assert len(shared) == 2 and shared[0] == shared[1] and per_person.row_ids[shared[0]] == "P07"
+    assert sorted(set(rows)) == list(range(per_person.num_videos))
+    assert json.loads((cache / "index.json").read_text())["videos"][0]["identity"]  # stored in the index
+
+
+def test_identities_table_without_the_columns_is_one_line(tmp_path):
+    from tkh.data import read_identities
+
+    bad = tmp_path / "t.tsv"
+    bad.write_text("name\tperson\nx.mp4\tP1\n")
+    with pytest.raises(BadInputError, match="'file' or 'id' column"):
+        read_identities(bad)

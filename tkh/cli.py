@@ -54,17 +54,21 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="device for face_alignment (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per landmark-detector call (larger on a GPU)")
     p.add_argument("--retry-skipped", action="store_true", help="try again videos an earlier run skipped")
+    p.add_argument("--identities", nargs="+", metavar="TSV", help="tables naming the person of each clip (columns "
+                   "file or id, and identity or a [Pnn] tag in person_note; e.g. talking-heads/SOURCES.tsv)")
     p.add_argument("--per-clip", action="store_true",
                    help="VoxCeleb id*/video_id/*.mp4: one video per clip (default: one per video_id folder)")
     p.set_defaults(func=_cmd_preprocess)
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
-    from tkh.data import preprocess
+    from tkh.data import preprocess, read_identities
 
+    identities = read_identities(args.identities) if args.identities else None
     summary = preprocess(args.inputs, args.out, size=args.size, frames_per_video=args.frames_per_video,
                          backend=args.backend, workers=args.workers, device=args.device,
-                         batch_size=args.batch_size, group_clips=not args.per_clip, retry_skipped=args.retry_skipped)
+                         batch_size=args.batch_size, group_clips=not args.per_clip, retry_skipped=args.retry_skipped,
+                         identities=identities)
     print(f"tkh preprocess: {summary}")
 
 

@@ -106,6 +106,8 @@ class TrainConfig:
     max_nonfinite: int = 5         # consecutive steps with a NaN/inf loss before stopping (NonFiniteLossError)
     fixed_episodes: bool = False   # reuse epoch 0's episodes every epoch (tests, overfitting demos); off = paper
     flip: bool = False             # mirror whole episodes at random (augmentation; not in the paper)
+    w_rows: str = "video"          # a row of D's W per training "video" (paper) or per "identity" (person: clips
+                                   # of one person, named by `tkh preprocess --identities`, share a row)
     tensorboard: bool = True       # also log to RUN/tb when the tensorboard package is installed
     progress: bool = True          # tqdm progress bar with it/s and ETA (rank 0 only)
 
@@ -115,6 +117,8 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size < 1 or self.k_shots < 1 or self.d_steps_per_g < 0:
             raise ConfigError("train.steps must be >= 0, train.batch_size and train.k_shots >= 1, "
                               "train.d_steps_per_g >= 0")
+        if self.w_rows not in ("video", "identity"):
+            raise ConfigError(f"train.w_rows must be 'video' or 'identity', got {self.w_rows!r}")
         if isinstance(self.holdout, str):  # `holdout: lp_d5` in YAML means one id
             self.holdout = (self.holdout,)
 

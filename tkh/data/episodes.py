@@ -6,7 +6,8 @@
     landmarks         (K, 3, H, W)  float32 in [-1, 1]  y_i(s_1..s_K), their rasterized landmarks
     target            (3, H, W)     float32 in [-1, 1]  x_i(t), the frame G must reconstruct
     target_landmarks  (3, H, W)     float32 in [-1, 1]  y_i(t), G's input
-    video_index       int           i, the row of D's W matrix (W_i in r = V(x, y)ᵀ(W_i + w0) + b)
+    video_index       int           i, the row of D's W matrix (W_i in r = V(x, y)ᵀ(W_i + w0) + b): the
+                                    video's, or its person's with w_rows="identity"
 
 The K+1 frames are distinct; a video with fewer than K+1 frames (the cache keeps at least 2 per video)
 gives a target distinct from the K references, and references repeated (drawn with replacement).
@@ -84,13 +85,16 @@ class EpisodeDataset(Dataset):
     the index, fixes each episode. flip: mirror whole episodes with probability 1/2 (frames and
     landmarks, with the iBUG left/right permutation); off by default, as in the paper.
     videos: use only these video ids. holdout: identities / video ids (shell patterns) kept out, see
-    `tkh.data.split_identities`.
+    `tkh.data.split_identities`. w_rows: what a row of D's W stands for — "video" (the paper: one row per
+    training video) or "identity" (one row per person, shared by that person's videos: clips of one
+    person under several names then pull ê towards one vector).
     """
 
     max_open = 128  # memory maps kept open per process (each is one mmap, not a file handle)
 
     def __init__(self, cache: str | os.PathLike | CacheInfo, k: int = 8, image_size: int | None = None, seed: int = 0,
-                 flip: bool = False, videos: Sequence[str] | None = None, holdout: Iterable[str] = ()):
+                 flip: bool = False, videos: Sequence[str] | None = None, holdout: Iterable[str] = (),
+                 w_rows: str = "video"):
         if int(k) != k or k < 1:
             raise ConfigError(f"EpisodeDataset: k must be an integer >= 1, got {k!r}")
         self.info = load_cache_index(cache)
@@ -109,6 +113,12 @@ class EpisodeDataset(Dataset):
             raise BadInputError(f"{self.info.root}: no usable videos{' after the holdout' if holdout else ''}; "
                                 "preprocess videos with faces into it")
         self.entries: tuple[VideoEntry, ...] = tuple(entries)
+        if w_rows not in ("video", "identity"):
+            raise ConfigError(f"EpisodeDataset: w_rows must be 'video' or 'identity', got {w_rows!r}")
+        self.w_rows = w_rows
+        keys = [e.id if w_rows == "video" else e.identity for e in self.entries]
+        self.row_ids: list[str] = sorted(set(keys))  # row_ids[r]: the video (or person) behind W's row r
+        self._row_of = [self.row_ids.index(k) for k in keys]
         self.k = int(k)
         self.image_size = int(image_size or self.info.size)
         if self.image_size > self.info.size:
@@ -138,8 +148,8 @@ class EpisodeDataset(Dataset):
 
     @property
     def num_videos(self) -> int:
-        """Rows of D's W matrix for this dataset."""
-        return len(self.entries)
+        """Rows of D's W matrix for this dataset (videos, or people with w_rows="identity")."""
+        return len(self.row_ids)
 
     @property
     def video_ids(self) -> list[str]:
@@ -219,7 +229,7 @@ class EpisodeDataset(Dataset):
         ys = np.stack([rasterize(p, size) for p in pts])  # (K+1, H, W, 3) uint8
         x, y = _to_tensor(imgs), _to_tensor(ys)
         return {"frames": x[: self.k], "landmarks": y[: self.k], "target": x[self.k],
-                "target_landmarks": y[self.k], "video_index": index}
+                "target_landmarks": y[self.k], "video_index": self._row_of[index]}
 
 
 class EpisodeSampler(DistributedSampler):

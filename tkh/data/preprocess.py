@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from tkh.data.cache import (
     video_dirname,
     writer_lock,
 )
-from tkh.data.sources import VideoSource, discover_videos
+from tkh.data.sources import VideoSource, apply_identities, discover_videos
 from tkh.errors import BadInputError, ConfigError, TkhError
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,8 @@ def _run_one(args: tuple) -> dict[str, Any]:
 def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike, size: int = 256,
                frames_per_video: int = 32, backend: str = "auto", workers: int = 1, *, device: str | None = None,
                batch_size: int = 8, min_frames: int = 2, min_face_fraction: float = 0.25,
-               group_clips: bool = True, retry_skipped: bool = False, progress: bool = True) -> PreprocessSummary:
+               group_clips: bool = True, retry_skipped: bool = False, progress: bool = True,
+               identities: Mapping[str, str] | None = None) -> PreprocessSummary:
     """Preprocess videos into a cache folder for `EpisodeDataset` (resumable; see the module docstring).
 
     inputs: folders (VoxCeleb ``id*/video_id/*.mp4`` or frame folders, or any folder of videos,
@@ -337,7 +338,8 @@ def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str
     group_clips: a VoxCeleb ``id*/video_id/`` folder of clips is one video (the paper's unit; one row
     of W), its frames sampled across the clips; False: one video per clip.
     retry_skipped: try again the videos an earlier run skipped (by default they stay skipped: a
-    corrupt file does not heal).
+    corrupt file does not heal). identities: {video file name or id: person} (`tkh.data.read_identities`)
+    for clips of one person under several names; applied to finished videos too, so a re-run relabels.
     Raises ConfigError when `out` holds a cache made with another size/backend/frames_per_video.
     """
     for name, value, lo in (("size", size, 8), ("frames_per_video", frames_per_video, 1), ("workers", workers, 1),
@@ -354,6 +356,8 @@ def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str
     if root.exists() and not root.is_dir():
         raise BadInputError(f"--out {root} is a file; pass a folder for the cache")
     sources = discover_videos(inputs, exclude=root, group_clips=group_clips)
+    if identities:
+        sources = apply_identities(sources, identities)
     root.mkdir(parents=True, exist_ok=True)
     (root / VIDEOS).mkdir(exist_ok=True)
     with writer_lock(root):
@@ -372,6 +376,9 @@ def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str
                       "min_face_fraction": config["min_face_fraction"]}
         clean_temp_dirs(root)
         entries = _existing_entries(root, index)
+        for src in sources:  # the people as named now (an identities table may have come later)
+            if src.id in entries:
+                entries[src.id]["identity"] = src.identity
         write_json(root / INDEX, new_index(config, entries.values()), indent=1)
 
         def finished(s: VideoSource) -> bool:

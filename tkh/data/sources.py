@@ -19,15 +19,20 @@ the default): the paper's W has one row per video, not per utterance (VoxCeleb2:
 ~1.1M clips), and the clips of one video share the person, the camera and the background. Pass
 `group_clips=False` to make every clip its own video.
 
-The identity (the person, used to keep evaluation people out of training) is VoxCeleb's ``id*``
-folder when the layout has one, else the video id itself (one identity per video).
+The identity (the person, used to keep evaluation people out of training, and optionally for the rows
+of W) is VoxCeleb's ``id*`` folder when the layout has one, else the video id itself (one identity per
+video), unless an identities table names it (`read_identities`: a TSV whose ``file`` or ``id`` column
+names the video and whose ``identity`` column, or a ``[Pnn]`` tag in a ``person_note`` column as in
+../shared/talking-heads/SOURCES.tsv, names the person).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from tkh.media import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _VOX_ID = re.compile(r"id\d+")
+_PERSON_TAG = re.compile(r"\[(P\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -155,3 +161,43 @@ def _unique_ids(cands: list[tuple[Path, tuple[str, ...], str, str]]) -> list[str
                 ids[n] = "/".join((*extra, full))
     clash = sorted({i for i in ids if ids.count(i) > 1})
     raise BadInputError(f"videos with the same id {clash[0]!r} from different inputs; rename one of them")
+
+
+def read_identities(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[str, str]:
+    """{video file name or id: person} from one or more identities tables (TSV with a header row).
+
+    The video: the ``file`` column (a file name, e.g. ``vox_lia_1.mp4``) or the ``id`` column. The person:
+    the ``identity`` column, else the ``[Pnn]`` tag in ``person_note``; rows without one are left out.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: dict[str, str] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise BadInputError(f"{path}: cannot read the identities table ({type(exc).__name__}: {exc})") from None
+        cols = set(rows[0]) if rows else set()
+        key = "file" if "file" in cols else "id" if "id" in cols else None
+        if key is None or not ({"identity", "person_note"} & cols):
+            raise BadInputError(f"{path}: an identities table needs a header with a 'file' or 'id' column and an "
+                                f"'identity' or 'person_note' column (tab-separated); found {sorted(cols)}")
+        for row in rows:
+            person = (row.get("identity") or "").strip()
+            if not person:
+                tag = _PERSON_TAG.search(row.get("person_note") or "")
+                person = tag.group(1) if tag else ""
+            if person and (row.get(key) or "").strip():
+                out[row[key].strip()] = person
+    return out
+
+
+def apply_identities(sources: Sequence[VideoSource], identities: Mapping[str, str]) -> list[VideoSource]:
+    """The sources with the person of `identities` (keyed by file name or video id) where it names one."""
+    out = []
+    for s in sources:
+        person = identities.get(Path(s.path).name) or identities.get(s.id)
+        out.append(dataclasses.replace(s, identity=person) if person else s)
+    return out

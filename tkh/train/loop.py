@@ -406,10 +406,10 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
         # --- data, model, losses, optimisers -------------------------------------------------------------
         _seed_everything(tc.seed)
         dataset = EpisodeDataset(data, k=tc.k_shots, image_size=cfg.model.image_size, seed=tc.seed, flip=tc.flip,
-                                 holdout=tc.holdout)
+                                 holdout=tc.holdout, w_rows=tc.w_rows)
         if tc.batch_size % info.world_size:
             raise ConfigError(f"train.batch_size {tc.batch_size} must be divisible by the {info.world_size} ranks")
-        model = TalkingHeadModel(cfg, num_videos=len(dataset)).to(device)
+        model = TalkingHeadModel(cfg, num_videos=dataset.num_videos).to(device)  # rows of W
         perceptual = PerceptualLoss(cfg.loss, device=device)  # WeightsUnavailableError (one line) when none loads
         optimizers = {
             "D": torch.optim.Adam(model.D.parameters(), lr=tc.lr_d, betas=tc.betas),
@@ -418,7 +418,7 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
         }
         state = TrainState()
         if resume:
-            state = load_checkpoint(run_dir / "checkpoints", model, optimizers, cfg, dataset.video_ids)
+            state = load_checkpoint(run_dir / "checkpoints", model, optimizers, cfg, dataset.row_ids)
             # The optimiser state carries the old learning rates; the config's win (resume with a new lr).
             for opt, lrs in ((optimizers["D"], [tc.lr_d]), (optimizers["G"], [tc.lr_eg, tc.lr_d])):
                 for group, lr in zip(opt.param_groups, lrs):
@@ -546,14 +546,14 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
 
                     if info.is_main and ok and tc.ckpt_every and state.step % tc.ckpt_every == 0 \
                             and state.step < tc.steps and want is None:
-                        ckpt_path = save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.video_ids)
+                        ckpt_path = save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.row_ids)
                     if want:
                         stopped = want
                         break
             except KeyboardInterrupt:
                 stopped = "interrupt"  # a second Ctrl-C: the step may be half done; checkpoint what we have
                 if info.is_main and bad_in_row == 0 and state.step > steps_at_start:
-                    save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.video_ids)
+                    save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.row_ids)
                 raise
             finally:
                 if bar is not None:
@@ -563,7 +563,7 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
         # --- at exit: checkpoint, loss plot ---------------------------------------------------------------
         if info.is_main:
             if state.step > steps_at_start or ckpt_path is None:
-                ckpt_path = save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.video_ids)
+                ckpt_path = save_checkpoint(run_dir / "checkpoints", model, optimizers, state, dataset.row_ids)
             if (run_dir / "log.csv").exists():
                 from tkh.media import write_image
 
