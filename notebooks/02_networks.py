@@ -128,8 +128,8 @@ fig = draw(traces, inputs={"E": (6, S, S), "G": (3, S, S), "D": (6, S, S)},
 # %% [markdown]
 # ## 3 · How many parameters?
 #
-# Counted by `tkh.models.param_counts` for three configs, beside the paper's rounded counts (E ≈ 15 M, G ≈ 38 M,
-# D ≈ 20 M) and one public re-implementation's at 256 px. D is counted without W, which adds N numbers per
+# Counted by `tkh.models.param_counts` for three configs, beside the rounded counts quoted for the paper's
+# networks (E ≈ 15 M, G ≈ 38 M, D ≈ 20 M) and one public re-implementation's at 256 px. D is counted without W, which adds N numbers per
 # training video.
 
 # %%

@@ -51,7 +51,7 @@ def test_yaml_exponents_without_a_dot_are_numbers():
 
 
 def test_defaults_are_the_papers_numbers():
-    """Loss weights, layers and the schedule default to the paper's (../shared/METHOD.md); paper-256 is its model."""
+    """Loss weights, layers and the schedule default to the paper's (sec. 3.2-3.4 and 4); paper-256 is its model."""
     from tkh.config import LossConfig, TrainConfig
     from tkh.nets import vgg19, vggface
 

@@ -5,7 +5,7 @@
   the way dlib's `compute_face_descriptor` aligns it (HOG detector, 5-point shape predictor,
   `get_face_chip(size=150, padding=0.25)`).
 - `csim(a, b)`: cosine similarity of identity embeddings (CSIM). The paper used another face network,
-  so our CSIM is comparable in spirit, not in absolute value (see METHOD.md).
+  so our CSIM is comparable in spirit, not in absolute value (the paper's sec. 4 and Table 1).
 - `ssim(a, b)`, `psnr(a, b)`: structural similarity (Wang et al. 2004: Gaussian window, sigma 1.5) and
   peak signal-to-noise ratio, on images scaled to [0, 1].
 - `lpips(a, b)`: the learned perceptual distance of Zhang et al. 2018 (VGG16 + v0.1 heads, offline from

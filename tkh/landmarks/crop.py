@@ -1,6 +1,6 @@
 """Square face crops around the landmarks, the same for training and inference.
 
-The paper trains on VoxCeleb2's face crops (224 px, used at 256; METHOD.md, "Data"). A crop that
+The paper trains on VoxCeleb2's face crops (sec. 4; 224 px, used at 256 px by the public re-implementations). A crop that
 differs between meta-training and inference is the re-implementations' top complaint (blurry
 results, the embedding ignored), so tkh has exactly one crop function, `crop`, used by
 `tkh.data.preprocess` and by adaptation/animation alike.

@@ -9,7 +9,7 @@ The paper takes ReLU outputs at `features` indices 1, 6, 11, 20, 29 (relu1_1, re
 relu4_1, relu5_1; LossConfig.vgg19_layers).
 
 Normalisation. The paper used the Caffe-trained VGG19 (BGR, 0-255, ImageNet mean subtracted, no std
-division; METHOD.md notes that with other normalisation the content loss becomes negligible). The weights
+division; the public re-implementations note that with other normalisation the content loss becomes negligible). The weights
 here are torchvision's, which were trained on RGB in [0, 1] normalised by mean (0.485, 0.456, 0.406) and
 std (0.229, 0.224, 0.225); so tkh feeds them exactly that: x in [-1, 1] -> (x + 1) / 2 -> (x - mean) / std.
 Feature magnitudes therefore differ from the Caffe network's (roughly by the 255*std factor at the first
