@@ -52,7 +52,7 @@ def test_evaluate_needs_portrait_or_self(shipped, carphone_path, tmp_path, monke
 
 
 def test_self_reenactment_reuses_a_given_track(shipped, carphone_path):
-    """One landmark detection shared by several calls (notebook 03: 1/8/32 shots, FF and FT) changes nothing."""
+    """One landmark detection shared by several calls (notebook 04: 1/8/32 shots, FF and FT) changes nothing."""
     from tkh.evaluate import evaluate_self
     from tkh.landmarks import detect_video
 
