@@ -221,3 +221,30 @@ def test_sigterm_finishes_the_step_and_checkpoints(tiny_cache, tmp_path):
     assert (res.stopped, res.step) == ("signal", 1)
     assert TalkingHeadModel.load(res.checkpoint).meta["step"] == 1
     assert not hasattr(signal.getsignal(signal.SIGTERM), "__self__")  # train's handler is gone again
+
+
+def test_warm_start_copies_e_g_d_but_not_w_and_refuses_another_size(tiny_cache, tmp_path):
+    """train.init: E, G and D's θ/w0/b come from the given weights, W starts afresh (its rows were other
+    videos'); resuming ignores init; weights of another model size are one line."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from adapt_helpers import make_tiny_pretrained
+
+    from tkh import pretrained
+
+    src_dir = make_tiny_pretrained(tmp_path / "pretrained", seed=3)
+    source = weights(pretrained.load(str(src_dir)))
+    result = train(tiny(steps=0, init=str(src_dir)), tiny_cache, tmp_path / "run")
+    got = weights(result.model)
+    for k, v in source.items():
+        if k != "D.W":
+            assert torch.equal(got[k].float(), v.float()), k
+    assert got["D.W"].shape[0] == 4 and not torch.equal(got["D.W"][:4], source["D.W"][:4])
+
+    again = train(tiny(steps=1, init=str(src_dir)), tiny_cache, tmp_path / "run", resume=True)
+    assert again.step == 1
+    bigger = tiny(steps=0, init=str(src_dir)).replace(model={"embed_dim": 96})
+    with pytest.raises(CheckpointError, match="do not fit this config"):
+        train(bigger, tiny_cache, tmp_path / "run2")

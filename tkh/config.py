@@ -106,6 +106,8 @@ class TrainConfig:
     max_nonfinite: int = 5         # consecutive steps with a NaN/inf loss before stopping (NonFiniteLossError)
     fixed_episodes: bool = False   # reuse epoch 0's episodes every epoch (tests, overfitting demos); off = paper
     flip: bool = False             # mirror whole episodes at random (augmentation; not in the paper)
+    init: str = ""                 # warm start: E, G, D (not W) from a shipped name, checkpoint or run folder
+                                   # (ignored when resuming); "" = the paper's random initialisation
     w_rows: str = "video"          # a row of D's W per training "video" (paper) or per "identity" (person: clips
                                    # of one person, named by `tkh preprocess --identities`, share a row)
     tensorboard: bool = True       # also log to RUN/tb when the tensorboard package is installed

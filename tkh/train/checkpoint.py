@@ -29,7 +29,8 @@ from tkh.atomic import atomic_path, write_json
 from tkh.config import Config
 from tkh.errors import CheckpointError
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
+           "warm_start"]
 
 POINTER = "latest.json"
 
@@ -161,3 +162,28 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimiz
             target[name].copy_(tensor)
     set_rng_state(blob["rng"])
     return ts
+
+
+def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> str:
+    """Start meta-learning from other weights (train.init): E, G and D (θ, w0, b) of a shipped name, a
+    checkpoint or a run folder (`tkh.pretrained.load`). D's W is not copied: its rows belong to the other
+    run's videos, so they start afresh (as W_i for a new person would). Returns a description for the log.
+
+    Raises CheckpointError when the source is of another architecture (say which tensor differs).
+    """
+    from tkh import pretrained
+
+    src = pretrained.load(str(source), map_location="cpu")
+    theirs = {k: v for k, v in src.state_dict().items() if k != "D.W"}
+    mine = model.state_dict()
+    bad = [k for k, v in theirs.items() if k not in mine or tuple(mine[k].shape) != tuple(v.shape)]
+    missing = [k for k in mine if k != "D.W" and k not in theirs]
+    if bad or missing:
+        k = (bad or missing)[0]
+        raise CheckpointError(f"train.init={source}: its weights do not fit this config (e.g. {k}: "
+                              f"{tuple(theirs[k].shape) if k in theirs else 'absent'} vs "
+                              f"{tuple(mine[k].shape) if k in mine else 'absent'}); use weights of the same model size")
+    with torch.no_grad():
+        for k, v in theirs.items():
+            mine[k].copy_(v.to(mine[k].dtype))
+    return f"warm start from {getattr(src, 'weights_name', source)} (sha256 {str(getattr(src, 'weights_sha256', ''))[:12]}…)"

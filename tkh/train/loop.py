@@ -51,7 +51,7 @@ from tkh.config import Config
 from tkh.errors import ConfigError, NonFiniteLossError
 from tkh.models.blocks import spectral_norm_cached
 from tkh.train import distributed
-from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, warm_start
 from tkh.train.logging import CsvLog, TensorBoard, figure_to_array, plot_losses, sample_grid
 
 __all__ = ["Phase", "StepInfo", "Callbacks", "TrainResult", "MetaStep", "make_phases", "train"]
@@ -417,6 +417,8 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
                                    {"params": [model.D.W], "lr": tc.lr_d}], betas=tc.betas),
         }
         state = TrainState()
+        started_from = warm_start(model, tc.init) if tc.init and not (resume and latest_checkpoint(
+            run_dir / "checkpoints") is not None) else ""
         if resume:
             state = load_checkpoint(run_dir / "checkpoints", model, optimizers, cfg, dataset.row_ids)
             # The optimiser state carries the old learning rates; the config's win (resume with a new lr).
@@ -460,7 +462,8 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
         if info.is_main and bar is not None:
             bar.write(f"tkh train: {len(dataset)} videos ({len(dataset.info.video_ids) - len(dataset)} held out), "
                       f"{_describe(model)}, {perceptual.describe()}, device {device}"
-                      f"{', bf16' if amp_dtype else ''}{f', {info.world_size} ranks' if info.enabled else ''}")
+                      f"{', bf16' if amp_dtype else ''}{f', {info.world_size} ranks' if info.enabled else ''}"
+                      f"{f'; {started_from}' if started_from else ''}")
 
         # --- the loop ---------------------------------------------------------------------------------
         steps_at_start, elapsed_at_start = state.step, state.elapsed
