@@ -2,7 +2,11 @@
 
 `os.replace` is atomic on POSIX and Windows, so a reader (or a resumed run) sees the old file or the new one,
 never half of one; when writing fails (disk full, Ctrl-C) the temporary file is removed and the old file,
-if any, is left as it was.
+if any, is left as it was. An OSError raised on the way names the target, not the temporary file, so that
+"disk full writing X" names the file the user asked for.
+
+Images and videos (`tkh.media.write_image` / `write_video`) come through here too; they also read the
+temporary file back (frame count, decodability) before it gets the final name.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from tkh.errors import TkhError
 
-__all__ = ["atomic_path", "save_safetensors", "write_json"]
+if TYPE_CHECKING:  # tkh.media writes through here too: importing it must not import torch
+    import torch
+
+__all__ = ["atomic_path", "named", "save_safetensors", "write_json"]
 
 
 @contextmanager
@@ -34,9 +41,28 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make shared weights unreadable to others
         os.replace(tmp, path)
+    except OSError as exc:
+        renamed = named(exc, path, tmp)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def named(exc: OSError, path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> OSError:
+    """`exc`, or the same error naming `path` when it names no file or only the temporary one.
+
+    A failed write() or fsync() (disk full) names no file, PIL names the temporary one, and shutil.copyfile
+    names its source (the temporary file is its second name); the command line's one-line message needs the
+    file the user asked for. tkh's own errors pass unchanged.
+    """
+    if isinstance(exc, TkhError) or exc.errno is None:
+        return exc
+    if exc.filename is not None and (tmp is None or str(tmp) not in (str(exc.filename), str(exc.filename2))):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))  # OSError(errno, ...) picks the subclass
 
 
 def _umask() -> int:

@@ -23,6 +23,10 @@ class NoFaceError(BadInputError):
     """No face was found in an image (the message names the file)."""
 
 
+class WriteError(TkhError, OSError):
+    """An output file (image, video) failed its check after writing; nothing is left under its name."""
+
+
 class DownloadError(TkhError, OSError):
     """A download failed or its checksum did not match; nothing partial is kept."""
 
