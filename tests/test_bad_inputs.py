@@ -5,16 +5,17 @@ EXIF-rotated) are handled, not rejected.
 The module-level checks of each reader live beside their modules (test_media: bad files and array layouts at
 `load_image` level; test_models: truncated checkpoints at `TalkingHeadModel.load` level; test_data: videos
 without faces in `preprocess`). Here every case goes through `tkh.cli.main([...])` as a user would call it,
-plus two real subprocesses. Disk full is a real tiny tmpfs when this process may mount one (else a
-monkeypatched ENOSPC), a non-writable folder is a read-only tmpfs (root) or a chmod-ed folder (non-root).
+plus two real subprocesses. Disk full is a real tiny tmpfs when this process may mount one (else each writer
+fails there as on a full disk: tests/disk_helpers.py), a non-writable folder is a read-only tmpfs (root) or a
+chmod-ed folder (non-root). A driving video needs a face in most of its frames (issue 19).
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_helpers import full_disk, leftovers, try_mount, umount
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -114,57 +116,22 @@ def adapted_file(tiny_ckpt, hopper_small, tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("adapted") / "hopper.safetensors")
 
 
-def _try_mount(path: Path, options: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    return res.returncode == 0
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 @pytest.fixture
 def full_dir(tmp_path, monkeypatch):
-    """A folder on a real, full filesystem (a 64 KiB tmpfs filled up); else os.replace/open raise ENOSPC."""
-    mnt = tmp_path / "full"
-    if _try_mount(mnt, "size=64k"):
-        try:
-            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-            try:
-                while True:
-                    os.write(fd, b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-            finally:
-                os.close(fd)
-            yield mnt
-        finally:
-            _umount(mnt)
-        return
-    mnt.mkdir()
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **kw):  # the last step of every atomic write in tkh
-        if str(mnt) in str(dst):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-        return real_replace(src, dst, *a, **kw)
-
-    monkeypatch.setattr(os, "replace", replace)
-    yield mnt
+    """A folder on a full file system: a small tmpfs filled up, or every writer failing there as on one."""
+    with full_disk(tmp_path / "full", monkeypatch) as folder:
+        yield folder
 
 
 @pytest.fixture
 def readonly_dir(tmp_path):
     """A folder nobody can write: a read-only tmpfs (root ignores permissions) or a chmod 555 folder."""
     mnt = tmp_path / "readonly"
-    if _try_mount(mnt, "ro,size=64k"):
+    if try_mount(mnt, "ro,size=64k"):
         try:
             yield mnt
         finally:
-            _umount(mnt)
+            umount(mnt)
         return
     if os.geteuid() == 0:
         pytest.skip("root without mount rights: no folder is non-writable for this process")
@@ -339,6 +306,63 @@ def test_driver_video_with_a_face_in_some_frames(tmp_path, capsys, adapted_file,
     assert read_label(out)
 
 
+@pytest.fixture(scope="module")
+def gappy_face_video(tmp_path_factory, carphone_path, bikes_path) -> Path:
+    """carphone frames 0-11 (a face), 4 bikes frames, carphone 12-23, 4 bikes frames: 24 of 32 with a face."""
+    import cv2
+
+    from tkh.media import iter_video, write_video
+
+    face = list(iter_video(carphone_path, max_frames=24))
+    h, w = face[0].shape[:2]
+    bikes = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in iter_video(bikes_path, max_frames=8)]
+    return write_video(tmp_path_factory.mktemp("vid") / "gappy_face.mp4", face[:12] + bikes[:4] + face[12:] + bikes[4:],
+                       fps=10)
+
+
+def test_driver_with_gaps_is_accepted_and_says_what_was_filled_in(tmp_path, capsys, adapted_file, gappy_face_video):
+    out = tmp_path / "out.mp4"
+    capsys.readouterr()
+    rc = main(["animate", "--model", str(adapted_file), "--driver", str(gappy_face_video), "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    match = re.search(r"gappy_face.mp4: a face in (\d+) of 32 frames \(\d+%\); (\d+) filled in "
+                      r"\((\d+) interpolated, (\d+) held\)", stdout)
+    assert match, stdout
+    faces, filled, interpolated, held = map(int, match.groups())
+    assert 22 <= faces <= 26 and filled == 32 - faces and interpolated >= 3 and held >= 3
+    assert "32 frames (video driver)" in stdout
+    rc, err = cli(capsys, "animate", "--model", adapted_file, "--driver", gappy_face_video, "--out", tmp_path / "b.mp4",
+                  "--min-face-fraction", "0.9")  # the threshold is the user's
+    assert_one_line_error(rc, err, "gappy_face.mp4: a face in only", "at least 90%")
+
+
+def test_a_driver_without_a_face_is_refused(tmp_path, capsys, adapted_file, tiny_ckpt, hopper_png, bikes_path):
+    """bikes.mp4: dlib "finds" face-shaped landmarks in 9 of its first 40 frames; no driver for a portrait."""
+    out = tmp_path / "out.mp4"
+    refused = r"bikes.mp4: a face in only \d+ of 40 frames \(\d+%\).*needs one in at least 50%"
+    for args in (
+        ["animate", "--model", adapted_file, "--driver", bikes_path, "--out", out, "--max-frames", "40"],
+        ["evaluate", "--model", tiny_ckpt, "--portrait", hopper_png, "--driver", bikes_path, "--max-frames", "40",
+         "--json", tmp_path / "m.json", "--device", "cpu"],
+        ["evaluate", "--model", tiny_ckpt, "--self", "--driver", bikes_path, "--max-frames", "40",
+         "--json", tmp_path / "m.json", "--device", "cpu"],
+    ):
+        rc, err = cli(capsys, *args)
+        line = assert_one_line_error(rc, err)
+        assert re.search(refused, line), line
+    assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_landmarks_of_a_video_with_few_faces_warns(tmp_path, capsys, bikes_path):
+    rc, err = cli(capsys, "landmarks", bikes_path, "--out", tmp_path / "o.npz", "--backend", "dlib", "--every", "5",
+                  "--plot", tmp_path / "p.png")
+    assert rc == 0, err
+    assert re.search(r"warning: bikes.mp4: a face in \d+ of 50 frames \(\d+%\); as a driver", err), err
+    with np.load(tmp_path / "o.npz") as f:
+        assert f["valid"].mean() < 0.5 and np.isnan(f["landmarks"][~f["valid"]]).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints (tkh finetune --model)
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +457,7 @@ def test_missing_files_in_every_command(tmp_path, capsys, tiny_ckpt, adapted_fil
 
 
 def _no_partial_files(folder: Path) -> None:
-    left = [p.name for p in folder.iterdir() if p.name != "filler"]
+    left = leftovers(folder)
     assert not left, f"partial files left on the full disk: {left}"
 
 
@@ -443,10 +467,25 @@ def test_disk_full(tmp_path, capsys, full_dir, hopper_png, tiny_ckpt, adapted_fi
         ["landmarks", hopper_png, "--out", tmp_path / "lms.npz", "--plot", full_dir / "plot.png", "--backend", "dlib"],
         ["finetune", "--model", tiny_ckpt, "--images", hopper_png, "--steps", "0", "--out", full_dir / "a.safetensors"],
         ["animate", "--model", adapted_file, "--script", "smile", "--out", full_dir / "smile.gif"],
+        ["animate", "--model", adapted_file, "--script", "smile,blink", "--out", full_dir / "x.mp4"],
+        ["animate", "--model", adapted_file, "--script", "smile", "--out", tmp_path / "ok.mp4",
+         "--also", full_dir / "copy.mp4"],
     ):
         rc, err = cli(capsys, *args)
-        assert_one_line_error(rc, err, "disk full", str(full_dir))
+        target = next(a for a in args if str(full_dir) in str(a))
+        assert_one_line_error(rc, err, f"disk full writing {target}")
         _no_partial_files(full_dir)
+
+
+def test_animate_on_a_nearly_full_disk_says_so_and_keeps_nothing(tmp_path, capsys, monkeypatch, adapted_file):
+    """The issue's case: ffmpeg fails writing the trailer of an mp4 that partly fitted; tkh used to report success."""
+    with full_disk(tmp_path / "near", monkeypatch, free=48 * 1024) as disk:
+        out = disk / "x.mp4"
+        capsys.readouterr()
+        rc = main(["animate", "--model", str(adapted_file), "--script", "smile,blink,open_mouth", "--out", str(out)])
+        captured = capsys.readouterr()
+        assert_one_line_error(rc, captured.err.strip(), f"disk full writing {out}")
+        assert "->" not in captured.out and leftovers(disk) == []
 
 
 def test_non_writable_output_folder(tmp_path, capsys, readonly_dir, hopper_png, tiny_ckpt):

@@ -63,3 +63,25 @@ def test_self_reenactment_reuses_a_given_track(shipped, carphone_path):
     b = evaluate_self(model, carphone_path, track=track, **kw)
     assert a["adapt_frames"] == b["adapt_frames"] and a["eval_frames"] == b["eval_frames"]
     assert a["ssim"] == pytest.approx(b["ssim"]) and a["psnr"] == pytest.approx(b["psnr"])
+
+
+def test_evaluate_shows_a_progress_bar_per_stage(shipped, grace_hopper, carphone_path, tmp_path, monkeypatch,
+                                                 capsys):
+    """Issue 19: minutes of fine-tuning and rendering on a CPU used to print nothing."""
+    from PIL import Image
+
+    from tkh.cli import main
+
+    monkeypatch.setenv("TKH_PRETRAINED", str(shipped))
+    monkeypatch.setenv("TKH_OFFLINE", "1")
+    portrait = tmp_path / "hopper.png"
+    Image.fromarray(grace_hopper).save(portrait)
+    out = tmp_path / "m.json"
+    rc = main(["evaluate", "--model", NAME, "--portrait", str(portrait), "--driver", str(carphone_path),
+               "--mode", "ft", "--steps", "2", "--max-frames", "6", "--device", "cpu", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    for stage in ("landmarks carphone", "fine-tuning", "rendering", "metrics"):
+        assert stage in captured.err, f"no {stage!r} bar in:\n{captured.err}"
+    assert "driver carphone_pristine.mp4: a face in 6 of 6 frames (100%)" in captured.out
+    assert json.loads(out.read_text())["driver_faces"]["with_face"] == 6

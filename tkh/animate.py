@@ -18,7 +18,13 @@ only the driver's *motion*:
    driver's displacement since the reference, rotated and scaled into the portrait's frame.
 
 So the portrait keeps its face shape and position, and follows the driver's mouth, eyes, brows and head
-motion. Frames where the driver has no face hold the previous frame's landmarks.
+motion.
+
+A video or track driver needs a face in most frames (`tkh.landmarks.coverage`): detections that are not
+face-shaped or jump in size are dropped, a driver with a face in fewer than `min_face_fraction` of its frames
+(default half) is refused with one line naming the fraction found, and the frames without a face are
+filled in (interpolated between the faces either side, held before the first and after the last);
+`Track.coverage` and `animate`'s result say how many.
 
 Scripted edits (`script_track`) come from `tkh.landmarks.edit` with cosine easing in and out of each
 edit; the names are the table `SCRIPT_EDITS` below.
@@ -34,7 +40,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +48,11 @@ import numpy as np
 
 from tkh.errors import BadInputError
 from tkh.landmarks import edit, rasterize
-from tkh.media import is_video, iter_video, write_video
+from tkh.landmarks.coverage import MIN_FACE_FRACTION, FaceCoverage, face_coverage, require_faces
+from tkh.media import copy_output, is_video, iter_video, write_video
 
 __all__ = ["SCRIPT_EDITS", "Track", "animate", "animate_from_cli", "load_driver", "render_frames", "script_controls",
-           "script_track", "similarity", "transfer_motion"]
+           "script_track", "similarity", "transfer_motion", "vetted"]
 
 # Scripted edits: name -> the `tkh.landmarks.edit` controls at the edit's peak.
 # Directions are the viewer's: turn_left turns the face towards the image's left.
@@ -76,12 +83,26 @@ RIGID_IDS = (36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35)  # eye corners, nose: b
 class Track:
     """A driver as landmarks: (T, 68, 2) in `space` pixels, per-frame validity, fps, and its source."""
 
-    landmarks: np.ndarray        # (T, 68, 2) float32, NaN rows where no face
-    valid: np.ndarray            # (T,) bool
+    landmarks: np.ndarray        # (T, 68, 2) float32, NaN rows where no face (none once `vetted`)
+    valid: np.ndarray            # (T,) bool: landmarks usable to drive (detected or filled in)
     fps: float
     kind: str                    # "video", "track" or "script"
     source: str                  # path or script text
     frame_size: tuple[int, int] | None = None  # (H, W) of the driver's frames (video / track files)
+    coverage: FaceCoverage | None = None  # video / track drivers: faces found, rejected and filled in
+
+    @property
+    def detected(self) -> np.ndarray:
+        """(T,) bool: frames with a real (vetted) detection, not filled in."""
+        return self.coverage.detected if self.coverage is not None else self.valid
+
+
+def vetted(track: Track, min_face_fraction: float = MIN_FACE_FRACTION) -> Track:
+    """`track` with implausible detections dropped and the frames without a face filled in; NoFaceError (one
+    line naming the fraction found) when fewer than `min_face_fraction` of its frames have a face."""
+    cov = require_faces(face_coverage(track.landmarks, track.valid, source=track.source), min_face_fraction)
+    return Track(cov.landmarks, np.ones(cov.frames, bool), track.fps, track.kind, track.source, track.frame_size,
+                 coverage=cov)
 
 
 def script_controls(script: str | Sequence[str], frames_per_edit: int = 16, hold: float = 0.25) -> list[dict[str, float]]:
@@ -147,22 +168,32 @@ def load_track_file(path: str | os.PathLike) -> Track:
 
 
 def load_driver(driver: str | os.PathLike | Track, portrait_landmarks: np.ndarray | None = None,
-                frames_per_edit: int = 16, backend: str = "auto", max_frames: int | None = None) -> Track:
-    """A `Track` from a video path, a .npz track, or a script ("smile,blink,...", needs portrait_landmarks)."""
+                frames_per_edit: int = 16, backend: str = "auto", max_frames: int | None = None,
+                min_face_fraction: float = MIN_FACE_FRACTION, progress: bool = False) -> Track:
+    """A `Track` from a video path, a .npz track, or a script ("smile,blink,...", needs portrait_landmarks).
+
+    Video and track drivers are `vetted` (refused below `min_face_fraction`, gaps filled in); a given Track
+    is returned as it is. progress: a tqdm bar while a video's landmarks are detected.
+    """
     if isinstance(driver, Track):
         return driver
     text = str(driver)
     path = Path(text)
     if path.suffix.lower() == ".npz":
-        return load_track_file(path)
+        track = load_track_file(path)
+        if max_frames is not None:
+            track = Track(track.landmarks[:max_frames], track.valid[:max_frames], track.fps, track.kind, track.source,
+                          track.frame_size)
+        return vetted(track, min_face_fraction)
     if is_video(path) or path.exists():
         if not path.exists():
             raise BadInputError(f"{path}: driving video not found; check the path")
         from tkh.landmarks import detect_video
 
-        vl = detect_video(path, backend=backend, max_frames=max_frames, progress=False)
+        vl = detect_video(path, backend=backend, max_frames=max_frames, progress=progress, require_face=False)
         lms = np.asarray(vl.landmarks, np.float32)
-        return Track(lms, np.asarray(vl.valid, bool), float(vl.fps), "video", str(path), tuple(vl.frame_size))
+        track = Track(lms, np.asarray(vl.valid, bool), float(vl.fps), "video", str(path), tuple(vl.frame_size))
+        return vetted(track, min_face_fraction)
     if portrait_landmarks is None:
         raise BadInputError(f"driver {text!r} is neither a video, a .npz track, nor usable as a script here")
     return script_track(portrait_landmarks, text, frames_per_edit)
@@ -302,20 +333,22 @@ def render_frames(adapted, track: Track, reference: str | int = "first", side_by
 def animate(adapted, driver: str | os.PathLike | Track, out: str | os.PathLike | Sequence[str | os.PathLike],
             reference: str | int = "first", side_by_side: bool = False, paste_back: bool = False,
             original: Any = None, caption: str | None = None, frames_per_edit: int = 16, fps: float | None = None,
-            panel: int = 256, backend: str = "auto", max_frames: int | None = None) -> dict[str, Any]:
+            panel: int = 256, backend: str = "auto", max_frames: int | None = None,
+            min_face_fraction: float = MIN_FACE_FRACTION) -> dict[str, Any]:
     """Drive `adapted` (an AdaptedPortrait) and write the animation to `out` (.mp4 and/or .gif paths).
 
     driver: a video path, a .npz landmark track, a script ("smile,blink,open_mouth,turn_left"), or a Track.
-    Returns {"paths": [...], "frames": n, "fps": fps, "seconds": s, "track": landmarks (T, 68, 2)}.
+    Each output is written whole or not at all (`tkh.media.write_video`): a full disk raises OSError.
+    Returns {"paths": [...], "frames": n, "fps": fps, "seconds": s, "track": landmarks (T, 68, 2),
+    "coverage": the driver's `FaceCoverage` (video / track drivers, else None)}.
     """
     from tkh.media import load_image
 
     t0 = time.perf_counter()
     outs = [Path(out)] if isinstance(out, (str, os.PathLike)) else [Path(o) for o in out]
-    track = load_driver(driver, adapted.crop_landmarks[0], frames_per_edit, backend, max_frames)
-    if max_frames is not None and track.kind != "video":
-        track = Track(track.landmarks[:max_frames], track.valid[:max_frames], track.fps, track.kind, track.source,
-                      track.frame_size)
+    track = load_driver(driver, adapted.crop_landmarks[0], frames_per_edit, backend, max_frames, min_face_fraction)
+    if max_frames is not None and len(track.landmarks) > max_frames:  # a script, or a Track passed in
+        track = replace(track, landmarks=track.landmarks[:max_frames], valid=track.valid[:max_frames])
     fps = fps or track.fps
     original = load_image(original) if original is not None else None
     model = f"{adapted.model_name} ({adapted.mode.upper()})"
@@ -336,9 +369,7 @@ def animate(adapted, driver: str | os.PathLike | Track, out: str | os.PathLike |
     if mp4s:
         write_video(mp4s[0], tee(), fps=fps, model=model, caption=caption)
         for extra in mp4s[1:]:
-            import shutil
-
-            shutil.copyfile(mp4s[0], extra)
+            copy_output(mp4s[0], extra)
     else:
         for _ in tee():
             pass
@@ -347,7 +378,7 @@ def animate(adapted, driver: str | os.PathLike | Track, out: str | os.PathLike |
     lms = track.landmarks if track.kind == "script" else transfer_motion(track.landmarks, adapted.crop_landmarks[0],
                                                                          track.valid, reference)
     return {"paths": [str(o) for o in outs], "frames": n, "fps": fps, "seconds": time.perf_counter() - t0,
-            "track": lms, "kind": track.kind}
+            "track": lms, "kind": track.kind, "coverage": track.coverage}
 
 
 def animate_from_cli(args) -> None:
@@ -362,6 +393,9 @@ def animate_from_cli(args) -> None:
     res = animate(adapted, args.driver or args.script, outs, reference=getattr(args, "reference", "first"),
                   side_by_side=args.side_by_side, paste_back=getattr(args, "paste_back", False),
                   original=getattr(args, "portrait", None), caption=args.caption,
-                  max_frames=getattr(args, "max_frames", None))
+                  max_frames=getattr(args, "max_frames", None),
+                  min_face_fraction=getattr(args, "min_face_fraction", MIN_FACE_FRACTION))
+    if res["coverage"] is not None:
+        print(f"tkh animate: driver {Path(res['coverage'].source).name}: {res['coverage'].describe()}")
     print(f"tkh animate: {res['frames']} frames ({res['kind']} driver) in {res['seconds']:.1f}s -> "
           f"{', '.join(res['paths'])} (labelled synthetic)")

@@ -15,6 +15,11 @@ Two protocols, one function each, both returning a plain dict (JSON-ready):
   video and reconstruct *held-out* frames of the same video from their own landmarks, adding SSIM and
   PSNR against the real (cropped) frames and CSIM real vs generated.
 
+The driving video must show a face in most frames (`tkh.landmarks.coverage`, as for `tkh animate`): fewer
+than `min_face_fraction` (default half) is refused before anything is adapted; only frames with a real,
+vetted detection are evaluated, and the metrics name the fraction (`driver_faces`). With `progress` each
+stage shows a tqdm bar: landmark detection, fine-tuning (FT), rendering, metrics.
+
 Identity embeddings of generated frames are aligned with the landmarks G was given (a small generated
 face is not always found by dlib's detector; the driving landmarks are the right alignment anyway).
 Our CSIM uses dlib's face network, the paper's another one: comparable in spirit, not in absolute value.
@@ -22,9 +27,9 @@ Our CSIM uses dlib's face network, the paper's another one: comparable in spirit
 
 from __future__ import annotations
 
-import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +37,12 @@ import numpy as np
 import torch
 
 from tkh.errors import BadInputError
+from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage, require_faces
 
 __all__ = ["evaluate", "evaluate_cross", "evaluate_from_cli", "evaluate_self", "detect_generated"]
 
 DETECT_SIZE = 256  # generated crops are upscaled to this before landmark detection (HOG misses small faces)
+CHUNK = 16  # frames per rendering / metrics step (one tqdm tick)
 
 
 def _nanmean(x: np.ndarray) -> float | None:
@@ -60,6 +67,20 @@ def detect_generated(frames: np.ndarray, backend: str = "auto") -> np.ndarray:
     return out
 
 
+def _chunked(fn: Callable[..., Any], arrays: tuple[np.ndarray, ...], desc: str, progress: bool) -> list[np.ndarray]:
+    """fn(*slices) over CHUNK frames at a time, with a tqdm bar in frames; each of fn's outputs concatenated."""
+    from tqdm.auto import tqdm
+
+    parts: list[tuple[np.ndarray, ...]] = []
+    n = len(arrays[0])
+    with tqdm(total=n, desc=desc, unit="frame", disable=not progress, leave=False) as bar:
+        for start in range(0, n, CHUNK):
+            out = fn(*(a[start:start + CHUNK] for a in arrays))
+            parts.append(out if isinstance(out, tuple) else (out,))
+            bar.update(min(CHUNK, n - start))
+    return [np.concatenate([np.atleast_1d(p[i]) for p in parts]) for i in range(len(parts[0]))]
+
+
 def _identity(images: np.ndarray, landmarks: np.ndarray, device: str) -> np.ndarray:
     from tkh.metrics import identity_embedding
 
@@ -78,7 +99,7 @@ def _summary(model, adapted, **extra: Any) -> dict[str, Any]:
 def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", shots: int = 1,
                    steps: int | None = None, max_frames: int | None = 60, reference: str | int = "first",
                    device: str | torch.device | None = None, backend: str = "auto", progress: bool = False,
-                   return_frames: bool = False) -> dict[str, Any]:
+                   return_frames: bool = False, min_face_fraction: float = MIN_FACE_FRACTION) -> dict[str, Any]:
     """Cross-person reenactment metrics (see the module docstring). portrait: one image or a list (first `shots`)."""
     from tkh.adapt import adapt
     from tkh.animate import load_driver, transfer_motion
@@ -86,21 +107,26 @@ def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", s
 
     t0 = time.perf_counter()
     images = portrait if isinstance(portrait, (list, tuple)) else [portrait]
+    # the driver first: a video without a face is refused before minutes of fine-tuning
+    track = load_driver(driver, backend=backend, max_frames=max_frames, min_face_fraction=min_face_fraction,
+                        progress=progress)
     adapted = adapt(model, images[:shots], mode=mode, steps=steps, device=device, progress=progress,
                     backend=backend)
-    track = load_driver(driver, backend=backend, max_frames=max_frames)
     lms = transfer_motion(track.landmarks, adapted.crop_landmarks[0], track.valid, reference)
-    lms = lms[track.valid]
+    lms = lms[track.detected]  # frames filled in for animation are no measurement of the driver
     t1 = time.perf_counter()
-    frames = adapted.render(lms)
+    (frames,) = _chunked(adapted.render, (lms,), "rendering", progress)
     render_s = time.perf_counter() - t1
     dev = str(adapted.device)
     e_portrait = _identity(adapted.crops[:1], adapted.crop_landmarks[:1], dev)
-    e_frames = _identity(frames, lms, dev)
-    sims = np.atleast_1d(csim(e_portrait[0], e_frames))
-    found = detect_generated(frames, backend)
+
+    def metrics(f: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.atleast_1d(csim(e_portrait[0], _identity(f, lm, dev))), detect_generated(f, backend)
+
+    sims, found = _chunked(metrics, (frames, lms), "metrics", progress)
     err = np.atleast_1d(landmark_error(found, lms))
     out = _summary(model, adapted, protocol="cross", shots=len(images[:shots]), driver=str(driver),
+                   driver_faces=track.coverage.as_dict() if track.coverage is not None else None,
                    frames=int(len(frames)), csim=_nanmean(sims), csim_std=float(np.nanstd(sims)),
                    landmark_error=_nanmean(err), detected_fraction=float(np.isfinite(err).mean()),
                    render_seconds=round(render_s, 3), fps=round(len(frames) / max(render_s, 1e-9), 2),
@@ -125,7 +151,7 @@ def _pick(valid_idx: np.ndarray, shots: int, n_eval: int) -> tuple[np.ndarray, n
 def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", steps: int | None = None,
                   max_frames: int | None = 120, n_eval: int = 16, device: str | torch.device | None = None,
                   backend: str = "auto", progress: bool = False, return_frames: bool = False,
-                  track: Any = None) -> dict[str, Any]:
+                  track: Any = None, min_face_fraction: float = MIN_FACE_FRACTION) -> dict[str, Any]:
     """Self-reenactment: adapt on `shots` frames of `video`, reconstruct `n_eval` held-out frames (sec. 4).
 
     Adds SSIM and PSNR (generated vs real crops, `tkh.metrics`), CSIM real vs generated and landmark
@@ -140,8 +166,13 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     from tkh.metrics import csim, landmark_error, psnr, ssim
 
     t0 = time.perf_counter()
-    vl = track if track is not None else detect_video(video, backend=backend, max_frames=max_frames, progress=False)
-    track, valid = np.asarray(vl.landmarks), np.asarray(vl.valid, bool)
+    vl = track if track is not None else detect_video(video, backend=backend, max_frames=max_frames,
+                                                      progress=progress, require_face=False)
+    cov = getattr(vl, "coverage", None)  # a vetted tkh.animate.Track, or raw detections to vet here
+    if cov is None:
+        cov = require_faces(face_coverage(vl.landmarks, vl.valid, source=str(video)), min_face_fraction,
+                            what="a video for self-reenactment")
+    track, valid = np.asarray(vl.landmarks), cov.detected
     adapt_idx, eval_idx = _pick(np.flatnonzero(valid), shots, n_eval)
     need = set(adapt_idx.tolist()) | set(eval_idx.tolist())
     frames = {i: f for i, f in enumerate(iter_video(video, max_frames=int(max(need)) + 1)) if i in need}
@@ -155,12 +186,17 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
         lms.append(cl)
     real, lms = np.stack(real), np.stack(lms)
     t1 = time.perf_counter()
-    gen = adapted.render(lms)
+    (gen,) = _chunked(adapted.render, (lms,), "rendering", progress)
     render_s = time.perf_counter() - t1
     dev = str(adapted.device)
-    sims = np.atleast_1d(csim(_identity(real, lms, dev), _identity(gen, lms, dev)))
-    err = np.atleast_1d(landmark_error(detect_generated(gen, backend), lms))
+
+    def metrics(r: np.ndarray, g: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.atleast_1d(csim(_identity(r, lm, dev), _identity(g, lm, dev))), detect_generated(g, backend)
+
+    sims, found = _chunked(metrics, (real, gen, lms), "metrics", progress)
+    err = np.atleast_1d(landmark_error(found, lms))
     out = _summary(model, adapted, protocol="self", shots=int(len(adapt_idx)), video=str(video),
+                   driver_faces=cov.as_dict(),
                    adapt_frames=adapt_idx.tolist(), eval_frames=eval_idx.tolist(), frames=int(len(gen)),
                    ssim=float(np.mean(ssim(real, gen))), psnr=float(np.mean(psnr(real, gen))),
                    csim=_nanmean(sims), landmark_error=_nanmean(err),
@@ -183,17 +219,22 @@ def evaluate_from_cli(args) -> None:
     """`tkh evaluate --model NAME_OR_PATH (--portrait IMG | --self) --driver VIDEO [--mode] [--shots] --json OUT`."""
     from tkh import pretrained
     from tkh.adapt import default_device
+    from tkh.atomic import write_json
 
     if not args.self_reenact and not args.portrait:
         raise BadInputError("tkh evaluate needs --portrait IMG (cross-reenactment) or --self")
     device = torch.device(args.device) if getattr(args, "device", None) else default_device()
     model = pretrained.load(args.model, map_location=device)
-    kwargs: dict[str, Any] = {"device": device, "steps": getattr(args, "steps", None)}
+    kwargs: dict[str, Any] = {"device": device, "steps": getattr(args, "steps", None), "progress": True,
+                              "min_face_fraction": getattr(args, "min_face_fraction", MIN_FACE_FRACTION)}
     if getattr(args, "max_frames", None):
         kwargs["max_frames"] = args.max_frames
     res = evaluate(model, args.driver, portrait=args.portrait, mode=args.mode, shots=args.shots,
                    self_reenact=args.self_reenact, **kwargs)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(args.json, res, indent=2)
+    faces = res.get("driver_faces")
+    if faces:
+        print(f"tkh evaluate: driver {Path(args.driver).name}: a face in {faces['with_face']} of {faces['frames']} "
+              f"frames ({faces['face_fraction']:.0%}); only those are evaluated")
     keys = [k for k in ("csim", "landmark_error", "ssim", "psnr", "seconds") if res.get(k) is not None]
     print("tkh evaluate: " + ", ".join(f"{k} {res[k]:.4g}" for k in keys) + f" -> {args.json}")

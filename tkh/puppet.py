@@ -40,6 +40,7 @@ import torch
 
 from tkh.errors import BadInputError
 from tkh.landmarks import edit, rasterize
+from tkh.landmarks.coverage import MIN_FACE_FRACTION
 from tkh.landmarks.edit import RANGES
 
 __all__ = ["CONTROLS", "PRESETS", "Puppet", "Recording", "keyframes", "neutral_controls"]
@@ -312,23 +313,29 @@ class Puppet:
 
     # --- driving from a video --------------------------------------------------------------------------
     def drive_from_video(self, driver: Any, max_frames: int | None = None, backend: str = "auto",
-                         reference: str | int = "first") -> Iterator[np.ndarray]:
+                         reference: str | int = "first",
+                         min_face_fraction: float = MIN_FACE_FRACTION) -> Iterator[np.ndarray]:
         """Frames of the portrait following a driver's expressions and head motion: uint8 (S, S, 3) each.
 
         driver: a video path, a .npz landmark track, or a `tkh.animate.Track` (`tkh.animate.load_driver`).
         The driver's landmarks are normalised onto this portrait by `tkh.animate.transfer_motion` (only
         the motion since the `reference` frame transfers, not the driver's face shape: sec. 4.4's
         identity leakage), then each frame takes the same rasterize -> G.render path as the sliders.
+        A video or track needs a face in most frames, as for `tkh animate` (`tkh.animate.vetted`: NoFaceError
+        below `min_face_fraction`, default half; the frames without a face are filled in).
         """
-        for lms in self.driving_landmarks(driver, max_frames=max_frames, backend=backend, reference=reference):
+        for lms in self.driving_landmarks(driver, max_frames=max_frames, backend=backend, reference=reference,
+                                          min_face_fraction=min_face_fraction):
             yield self.render_landmarks(lms)
 
     def driving_landmarks(self, driver: Any, max_frames: int | None = None, backend: str = "auto",
-                          reference: str | int = "first") -> np.ndarray:
+                          reference: str | int = "first", min_face_fraction: float = MIN_FACE_FRACTION
+                          ) -> np.ndarray:
         """The driver's landmark track mapped onto this portrait's crop: (T, 68, 2) (see `drive_from_video`)."""
         from tkh.animate import load_driver, transfer_motion
 
-        track = load_driver(driver, self.neutral, backend=backend, max_frames=max_frames)
+        track = load_driver(driver, self.neutral, backend=backend, max_frames=max_frames,
+                            min_face_fraction=min_face_fraction)
         lms, valid = track.landmarks, track.valid
         if max_frames is not None:
             lms, valid = lms[:max_frames], valid[:max_frames]

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tkh.landmarks.coverage import MIN_FACE_FRACTION
 from tkh.puppet import CONTROLS, PRESETS, Puppet, neutral_controls
 
 __all__ = ["SLIDERS", "PuppetApp", "jpeg_bytes", "landmark_sliders", "slider_value"]
@@ -217,24 +218,37 @@ class PuppetApp:
         self.status.value = f"saved {out} ({n} recorded frames)"
         return out
 
-    def play(self, driver: Any, max_frames: int | None = None, backend: str = "auto") -> int:
+    def play(self, driver: Any, max_frames: int | None = None, backend: str = "auto",
+             min_face_fraction: float = MIN_FACE_FRACTION) -> int:
         """Show the portrait following a driving video (a file of the user), a .npz track or a `tkh.animate.Track`.
 
         The same path as the sliders (`Puppet.drive_from_video`: the driver's motion, normalised onto the
         portrait, -> rasterize -> G), shown frame by frame in the app's image; slider renders wait meanwhile.
-        Returns the number of frames shown; the last one stays until a slider moves.
+        Returns the number of frames shown; the last one stays until a slider moves. As for `tkh animate`,
+        a driver with a face in fewer than `min_face_fraction` of its frames is refused (the status says why,
+        NoFaceError is raised); otherwise the status says how many frames were filled in.
         """
+        from tkh.animate import load_driver
+        from tkh.errors import TkhError
+
         name = Path(driver).name if isinstance(driver, (str, Path)) else type(driver).__name__
         self.status.value = f"driving from {name}: tracking landmarks"
+        try:
+            driving = load_driver(driver, self.puppet.neutral, backend=backend, max_frames=max_frames,
+                                  min_face_fraction=min_face_fraction)
+        except TkhError as exc:
+            self.status.value = f"cannot drive from {name}: {exc}"
+            raise
+        note = f" ({driving.coverage.describe()})" if driving.coverage is not None else ""
         shown = 0
         with self._engine_lock:
-            track = self.puppet.driving_landmarks(driver, max_frames=max_frames, backend=backend)
+            track = self.puppet.driving_landmarks(driving, max_frames=max_frames)
             for lms in track:
                 frame, y = self.puppet.render_landmarks_pair(lms)
                 self._show(frame, y if self.show_landmarks.value else None)
                 shown += 1
                 self.status.value = f"driving from {name}: frame {shown}/{len(track)}"
-        self.status.value = f"drove {shown} frames from {name}; move a slider to take over"
+        self.status.value = f"drove {shown} frames from {name}{note}; move a slider to take over"
         return shown
 
     def close(self) -> None:
