@@ -137,8 +137,9 @@ print(f"ê {tuple(e_hat.shape)}, x̂ {tuple(x_hat.shape)}, D(x) = {r_real.item()
 #
 # The paper's layers are VGG19's ReLU outputs 1, 6, 11, 20, 29 (weight 1.5·10⁻¹) and VGGFace's 1, 6, 11, 18, 25
 # (weight 2.5·10⁻²). `PerceptualLoss` loads every network whose real weights are available (`loss.perceptual:
-# auto`); offline that includes the ported dlib face-recognition ResNet. By hand, network by network and layer
-# by layer, checked against `tkh.losses.content_loss`:
+# auto`); offline those are an ImageNet VGG16 standing in for VGG19 (`tkh.nets.vgg16`, weight `loss.vgg16_weight`)
+# and the ported dlib face-recognition ResNet for VGGFace, so the layers printed below are theirs. By hand,
+# network by network and layer by layer, checked against `tkh.losses.content_loss`:
 
 # %%
 from tkh.losses import PerceptualLoss
