@@ -53,3 +53,9 @@ def test_track_with_nan_frames(face):
         plausible(track)
     with pytest.raises(BadInputError, match="box"):
         plausible_track(track, boxes=np.zeros((2, 4)))
+
+
+def test_a_flat_fit_is_not_a_face(face):
+    squashed = face.copy()
+    squashed[:, 1] = (face[:, 1] - face[:, 1].mean()) * 0.3 + face[:, 1].mean()  # a fit in a wide strip
+    assert "flat face" in implausible_reason(squashed)

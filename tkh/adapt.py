@@ -20,11 +20,11 @@ in one call, refusing (CheckpointError) a base whose sha256 differs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from tkh import precision
 from tkh.atomic import save_safetensors
 from tkh.config import AdaptConfig
 from tkh.errors import BadInputError, CheckpointError
 from tkh.landmarks import CropTransform, crop, detect, rasterize
 from tkh.media import load_image
+from tkh.tensors import to_tensor, to_uint8
+from tkh.train.objectives import FineTuneStep
+from tkh.train.step import NonFiniteGuard, StepContext, make_phases, run_step
 
 __all__ = ["AdaptedPortrait", "FORMAT", "adapt", "finetune_from_cli", "init_finetune", "prepare_images", "to_tensor",
            "to_uint8"]
@@ -48,22 +52,8 @@ UPSCALE_WARN = 1.5  # warn when a portrait's face crop is upscaled more than thi
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensors <-> images (the tkh convention: float (B, 3, H, W) in [-1, 1])
+# Landmark images (tensors <-> images: tkh.tensors, the tkh convention float (B, 3, H, W) in [-1, 1])
 # ---------------------------------------------------------------------------------------------
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) or (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    a = np.asarray(images)
-    if a.ndim == 3:
-        a = a[None]
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
 def landmark_images(landmarks: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """Landmark images y for crop-pixel landmarks (68, 2) or (B, 68, 2) -> (B, 3, size, size) in [-1, 1].
 
@@ -92,8 +82,10 @@ class PreparedImages:
 
 
 def prepare_images(images: Sequence[Any] | Any, size: int, landmarks: Sequence[np.ndarray] | None = None,
-                   backend: str = "auto") -> PreparedImages:
-    """Load, detect (unless `landmarks` are given, in the originals' pixels) and crop each image like training."""
+                   backend: str = "auto", box: Any = None, face: Any = None) -> PreparedImages:
+    """Load, detect (unless `landmarks` are given, in the originals' pixels) and crop each image like training.
+
+    box / face: as `tkh.landmarks.detect` takes them, one per image for several (None = detect / the largest)."""
     if isinstance(images, (str, os.PathLike, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]
     images = list(images)
@@ -102,7 +94,10 @@ def prepare_images(images: Sequence[Any] | Any, size: int, landmarks: Sequence[n
     names = [str(im) if isinstance(im, (str, os.PathLike)) else f"image {i}" for i, im in enumerate(images)]
     srcs = [load_image(im, name=n) for im, n in zip(images, names)]
     if landmarks is None:
-        landmarks = [detect(im, backend=backend, name=n) for im, n in zip(srcs, names)]
+        from tkh.landmarks.faces import per_image
+
+        landmarks = [detect(im, backend=backend, name=n, box=b, face=f) for im, n, b, f in
+                     zip(srcs, names, per_image(box, len(srcs), "box"), per_image(face, len(srcs), "face"))]
     if len(landmarks) != len(srcs):
         raise BadInputError(f"adapt: {len(srcs)} images but {len(landmarks)} landmark arrays")
     crops, clms, ts = [], [], []
@@ -160,8 +155,9 @@ class AdaptedPortrait:
     def render_tensor(self, y: torch.Tensor) -> torch.Tensor:
         """x̂ = G(y; ψ'): y (B, 3, S, S) in [-1, 1] -> (B, 3, S, S) in [-1, 1]."""
         self.G.eval()
-        with _autocast(self.device, self.cfg.amp):
-            return self.G.render(y.to(self.device), self.psi).float()
+        policy = precision.resolve(self.cfg.amp, self.cfg.channels_last, self.device, self.G.cfg)
+        with policy.autocast():
+            return self.G.render(policy.tensor(y.to(self.device)), self.psi).float()
 
     def render(self, landmarks_crop: np.ndarray | torch.Tensor, batch_size: int = 16) -> np.ndarray:
         """Frames for crop-pixel landmarks: (68, 2) -> uint8 (S, S, 3); (B, 68, 2) -> (B, S, S, 3)."""
@@ -287,13 +283,6 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # adapt
 # ---------------------------------------------------------------------------------------------
-def _autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA ("auto"/"bf16"); nothing on CPU (bf16 there is slower and less exact)."""
-    if torch.device(device).type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _perceptual(model, cfg: AdaptConfig, device: torch.device):
     """L_CNT's networks for fine-tuning: by default those loadable offline (adaptation never downloads)."""
     import dataclasses
@@ -341,20 +330,20 @@ def init_finetune(model, e_hat: torch.Tensor, device: torch.device | str | None 
 
 def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: int | None = None,
           cfg: AdaptConfig | None = None, progress: bool = True, device: str | torch.device | None = None,
-          landmarks: Sequence[np.ndarray] | None = None, backend: str = "auto") -> AdaptedPortrait:
+          landmarks: Sequence[np.ndarray] | None = None, backend: str = "auto", box: Any = None,
+          face: Any = None) -> AdaptedPortrait:
     """Adapt a meta-trained `TalkingHeadModel` to the face in `images` (sec. 3.3).
 
     images: one image or a list of T (paths, arrays, PIL); landmarks: optional (68, 2) per image (in its
-    pixels) to skip detection. mode "ff" | "ft" and steps override `cfg` (default: the model's
-    `cfg.adapt`). device: where to run (default: the model's). FT shows a tqdm bar when `progress`.
-    Returns an `AdaptedPortrait`; the base model is not modified.
+    pixels) to skip detection; box: the face's (x, y, w, h) given by hand where no detector finds it, and
+    face=N the N-th largest of several (one per image for several images, None = detect). mode "ff" |
+    "ft" and steps override `cfg` (default: the model's `cfg.adapt`). device: where to run (default: the
+    model's). FT shows a tqdm bar when `progress`. Returns an `AdaptedPortrait`; the base model is not modified.
     """
     import copy
     import dataclasses
 
     from tqdm.auto import tqdm
-
-    from tkh.losses import discriminator_loss, generator_loss
 
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg or model.cfg.adapt)
@@ -364,12 +353,13 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
         cfg = dataclasses.replace(cfg, steps=int(steps))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     size = model.cfg.model.image_size
-    prep = prepare_images(images, size, landmarks=landmarks, backend=backend)
-    x = to_tensor(prep.crops).to(device)                          # (T, 3, S, S)
-    y = landmark_images(prep.crop_landmarks, size).to(device)     # (T, 3, S, S)
+    prep = prepare_images(images, size, landmarks=landmarks, backend=backend, box=box, face=face)
+    policy = precision.resolve(cfg.amp, cfg.channels_last, device, model.cfg.model)
+    x = policy.tensor(to_tensor(prep.crops).to(device))                          # (T, 3, S, S)
+    y = policy.tensor(landmark_images(prep.crop_landmarks, size).to(device))     # (T, 3, S, S)
 
     E, G_base = model.E.to(device).eval(), model.G.to(device)
-    with torch.inference_mode(), _autocast(device, cfg.amp):
+    with torch.inference_mode(), policy.autocast():
         e_hat = E.embed_frames(x, y).float().mean(0)              # ê_NEW = 1/T Σ_t E(x_t, y_t)   (N,)
         psi0 = G_base.adain_params(e_hat[None]).float()[0]        # ψ̂ = P·ê_NEW                 (n_adain,)
     e_hat, psi0 = e_hat.clone(), psi0.clone()
@@ -384,44 +374,32 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
         return out
 
     # --- FT (sec. 3.3): ψ' ← P·ê and w' ← w0 + ê become free parameters; G and D are trained ---------
+    # The adversarial step of meta-learning (tkh.train.step) with FT's parameters, losses (no L_MCH: there
+    # is no W_i for a new person) and D/G ratio; a non-finite step is skipped and counted as there.
     G, D, psi, w, g_params, d_params = init_finetune(model, e_hat, device)
-    opt_g = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)
+    policy.prepare(G), policy.prepare(D)
+    optimizers = {"G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas),
+                  "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
     perceptual, loss_cfg = _perceptual(model, cfg, device)
+    objective = FineTuneStep(G, D, psi, w, perceptual, loss_cfg)
+    ctx = StepContext(policy, d_params, objective, device=device)  # D's θ, b and w': constants of the G phase
+    phases, guard = make_phases(cfg.d_steps_per_g), NonFiniteGuard(cfg.max_nonfinite, "fine-tuning step")
     gen = torch.Generator().manual_seed(cfg.seed)
     T, bs = x.shape[0], min(cfg.batch_size, x.shape[0])
     bar = tqdm(range(cfg.steps), desc=f"fine-tuning ({T} shot{'s' * (T > 1)})", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break  # time budget (e.g. the CPU demo): fewer steps, same procedure
+            warnings.warn(f"fine-tuning stopped by its time cap (adapt.max_seconds={cfg.max_seconds:g}) after {step} "
+                          f"of {cfg.steps} steps: the machine is slower or busier than planned, so the result fits "
+                          "the images less closely; raise the cap or lower adapt.steps", RuntimeWarning, stacklevel=2)
+            break
         idx = torch.randperm(T, generator=gen)[:bs].to(device)
-        xb, yb = x[idx], y[idx]
-        for _d in range(cfg.d_steps_per_g):  # D: hinge loss on real vs (detached) fake
-            with _autocast(device, cfg.amp):
-                with torch.no_grad():
-                    fake = G.render(yb, psi)
-                real_score, _ = D.score_with_w(xb, yb, w)
-                fake_score, _ = D.score_with_w(fake.detach(), yb, w)
-                d_loss, _ = discriminator_loss(real_score, fake_score)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        with _autocast(device, cfg.amp):  # G: L_CNT + L_ADV (no L_MCH: there is no W_i for a new person)
-            fake = G.render(yb, psi)
-            with torch.no_grad():
-                _, real_feats = D.score_with_w(xb, yb, w)
-            fake_score, fake_feats = D.score_with_w(fake, yb, w)
-            g_loss, parts = generator_loss(real=xb, fake=fake.float(), fake_score=fake_score, real_feats=real_feats,
-                                           fake_feats=fake_feats, loss_cfg=loss_cfg, perceptual=perceptual)
-        if not torch.isfinite(g_loss):
-            from tkh.errors import NonFiniteLossError
-
-            raise NonFiniteLossError("fine-tuning loss became NaN/inf; lower adapt.lr_g or use adapt.amp=off")
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        rec = {k: float(v) for k, v in parts.items()}
-        rec["d_total"] = float(d_loss.detach()) if cfg.d_steps_per_g else math.nan
+        result = run_step(phases, objective, optimizers, {"target": x[idx], "target_landmarks": y[idx]}, ctx)
+        guard.update(result.ok, result.parts, step + 1)
+        guard.check("lower adapt.lr_g / adapt.lr_d or use adapt.amp=off")
+        rec = {k[2:]: v for k, v in result.parts.items() if k.startswith("G_")}
+        rec.update({f"d_{k[2:]}": v for k, v in result.parts.items() if k.startswith("D_")})
+        rec.setdefault("d_total", math.nan)
         out.history.append(rec)
         bar.set_postfix(g=f"{rec['total']:.3f}", d=f"{rec['d_total']:.3f}")
     G.eval().requires_grad_(False)
@@ -438,6 +416,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _first(values: Any, n: int) -> Any:
+    """The values (--box / --face) of the first n images, when one was given per image."""
+    return values[:n] if isinstance(values, list) and n < len(values) else values
+
+
 def finetune_from_cli(args) -> None:
     """`tkh finetune --model NAME_OR_PATH --images IMG... [--shots K] [--steps N] [--mode ff|ft] --out FILE`."""
     from tkh import pretrained
@@ -446,7 +429,8 @@ def finetune_from_cli(args) -> None:
     model = pretrained.load(args.model, map_location=device)
     images = args.images[: args.shots] if args.shots else args.images
     mode = getattr(args, "mode", None) or ("ff" if args.steps == 0 else None)
-    adapted = adapt(model, images, mode=mode, steps=args.steps, device=device)
+    box, face = (_first(getattr(args, k, None), len(images)) for k in ("box", "face"))  # --shots keeps the first
+    adapted = adapt(model, images, mode=mode, steps=args.steps, device=device, box=box, face=face)
     path = adapted.save(args.out)
     print(f"tkh finetune: {adapted.mode.upper()} on {len(images)} image(s) in {adapted.seconds:.1f}s, "
           f"reconstruction error {adapted.reconstruction_error():.4f}; wrote {path} "

@@ -29,14 +29,35 @@ def _add_landmarks(sub: argparse._SubParsersAction) -> None:
                    help="auto: face-alignment when its weights are cached or downloadable, else dlib")
     p.add_argument("--every", type=int, default=1, help="videos: keep one frame in N")
     p.add_argument("--smooth", action="store_true", help="videos: One-Euro temporal smoothing of the track")
+    _add_face_options(p)
+    p.add_argument("--all-faces", action="store_true", help="images: run every detector stage and merge their faces "
+                   "(group paintings; slower), to list them for --face / --box")
     p.set_defaults(func=_cmd_landmarks)
+
+
+def _add_face_options(p: argparse.ArgumentParser, per_image: bool = False) -> None:
+    """--box / --face: the face of a portrait given by hand, or chosen among several found."""
+    each = "; one per image, in order, - to detect that image's" if per_image else ""
+    p.add_argument("--box", nargs="+" if per_image else None, metavar="X,Y,W,H",
+                   help=f"the face by hand, when no detector finds it: left, top, width, height in pixels{each}")
+    p.add_argument("--face", nargs="+" if per_image else None, metavar="N",
+                   help=f"which face when several are found: 1 = the largest (the warning lists them){each}")
+
+
+def _face_options(args: argparse.Namespace) -> None:
+    """--box / --face strings -> the values the Python API takes (box tuples, face numbers, None = detect)."""
+    from tkh.landmarks.faces import from_cli, parse_box, parse_face
+
+    args.box = from_cli(getattr(args, "box", None), parse_box)
+    args.face = from_cli(getattr(args, "face", None), parse_face)
 
 
 def _cmd_landmarks(args: argparse.Namespace) -> None:
     from tkh.landmarks.cli_helpers import run_landmarks_command
 
+    _face_options(args)
     run_landmarks_command(args.input, args.out, plot=args.plot, backend=args.backend, every=args.every,
-                          smooth=args.smooth)
+                          smooth=args.smooth, box=args.box, face=args.face, all_faces=args.all_faces)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,12 +128,14 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="fine-tuning steps (0 = feed-forward)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--out", required=True, help="adapted model file (.safetensors, small: only what changed)")
+    _add_face_options(p, per_image=True)
     p.set_defaults(func=_cmd_finetune)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from tkh.adapt import finetune_from_cli
 
+    _face_options(args)
     finetune_from_cli(args)
 
 
@@ -163,12 +186,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="reconstruct held-out frames of the driver's own video from K of its frames")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--json", required=True, help="output metrics JSON")
+    _add_face_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from tkh.evaluate import evaluate_from_cli
 
+    _face_options(args)
     evaluate_from_cli(args)
 
 
@@ -179,13 +204,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="shipped name or checkpoint path (default: the shipped default)")
     p.add_argument("--steps", type=int, help="fine-tuning steps (default: 40 on a CPU, 200 on a GPU)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    _add_face_options(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from tkh.demo import run_demo
 
-    run_demo(portrait=args.portrait, out_dir=Path(args.out), model=args.model, steps=args.steps, device=args.device)
+    _face_options(args)
+    run_demo(portrait=args.portrait, out_dir=Path(args.out), model=args.model, steps=args.steps, device=args.device,
+             box=args.box, face=args.face)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,11 +94,13 @@ def _load_weights(model: str | None, device: torch.device):
 
 def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model: str | None = None,
              device: str | torch.device | None = None, steps: int | None = None, frames_per_edit: int | None = None,
-             script: str = DEMO_SCRIPT, progress: bool = True, verbose: bool = True) -> dict[str, Any]:
+             script: str = DEMO_SCRIPT, progress: bool = True, verbose: bool = True, box: Any = None,
+             face: int | None = None) -> dict[str, Any]:
     """Adapt the shipped weights to `portrait` and animate it; returns paths and timings (see module doc).
 
     model: a shipped name or checkpoint path (default: the manifest's default). steps / frames_per_edit:
-    override `demo_settings`. Writes out_dir/animation.mp4, animation.gif, contact_sheet.png, demo.json.
+    override `demo_settings`. box: the face's (x, y, w, h) given by hand, face=N the N-th largest of
+    several (`tkh.landmarks.detect`). Writes out_dir/animation.mp4, animation.gif, contact_sheet.png, demo.json.
     """
     from tkh.adapt import adapt, default_device
     from tkh.animate import animate
@@ -128,7 +130,7 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
 
     cfg = AdaptConfig(**{**vars(net.cfg.adapt), "mode": "ft", "steps": settings["steps"],
                          "max_seconds": settings["max_seconds"]})
-    adapted = adapt(net, [p.image], cfg=cfg, device=device, progress=progress)
+    adapted = adapt(net, [p.image], cfg=cfg, device=device, progress=progress, box=box, face=face)
     steps_done = len(adapted.history)
     say(f"tkh demo: fine-tuned {steps_done} steps in {adapted.seconds:.1f}s")
 

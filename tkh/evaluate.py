@@ -59,7 +59,7 @@ def detect_generated(frames: np.ndarray, backend: str = "auto") -> np.ndarray:
 
     s = frames.shape[1]
     big = [cv2.resize(f, (DETECT_SIZE, DETECT_SIZE), interpolation=cv2.INTER_CUBIC) for f in frames]
-    found = detect(big, backend=backend, on_missing="none")
+    found = detect(big, backend=backend, on_missing="none", cnn=False)  # HOG only, as the metric was defined
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     for i, p in enumerate(found):
         if p is not None:
@@ -99,8 +99,11 @@ def _summary(model, adapted, **extra: Any) -> dict[str, Any]:
 def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", shots: int = 1,
                    steps: int | None = None, max_frames: int | None = 60, reference: str | int = "first",
                    device: str | torch.device | None = None, backend: str = "auto", progress: bool = False,
-                   return_frames: bool = False, min_face_fraction: float = MIN_FACE_FRACTION) -> dict[str, Any]:
-    """Cross-person reenactment metrics (see the module docstring). portrait: one image or a list (first `shots`)."""
+                   return_frames: bool = False, min_face_fraction: float = MIN_FACE_FRACTION, box: Any = None,
+                   face: Any = None) -> dict[str, Any]:
+    """Cross-person reenactment metrics (see the module docstring). portrait: one image or a list (first `shots`).
+
+    box / face: the portrait's face given by hand / chosen among several, as `tkh.adapt.adapt` takes them."""
     from tkh.adapt import adapt
     from tkh.animate import load_driver, transfer_motion
     from tkh.metrics import csim, landmark_error
@@ -111,7 +114,7 @@ def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", s
     track = load_driver(driver, backend=backend, max_frames=max_frames, min_face_fraction=min_face_fraction,
                         progress=progress)
     adapted = adapt(model, images[:shots], mode=mode, steps=steps, device=device, progress=progress,
-                    backend=backend)
+                    backend=backend, box=box, face=face)
     lms = transfer_motion(track.landmarks, adapted.crop_landmarks[0], track.valid, reference)
     lms = lms[track.detected]  # frames filled in for animation are no measurement of the driver
     t1 = time.perf_counter()
@@ -229,6 +232,10 @@ def evaluate_from_cli(args) -> None:
                               "min_face_fraction": getattr(args, "min_face_fraction", MIN_FACE_FRACTION)}
     if getattr(args, "max_frames", None):
         kwargs["max_frames"] = args.max_frames
+    if getattr(args, "box", None) is not None or getattr(args, "face", None) is not None:
+        if args.self_reenact:
+            raise BadInputError("--box and --face choose the portrait's face; --self has no portrait")
+        kwargs.update(box=args.box, face=args.face)
     res = evaluate(model, args.driver, portrait=args.portrait, mode=args.mode, shots=args.shots,
                    self_reenact=args.self_reenact, **kwargs)
     write_json(args.json, res, indent=2)

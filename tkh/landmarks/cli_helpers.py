@@ -2,7 +2,10 @@
 
 The npz holds: ``landmarks`` ((68, 2) for an image, (T, 68, 2) with NaN rows for a video),
 ``valid`` ((T,) bool, videos only), ``frame_index`` and ``fps`` (videos), ``source`` (the input
-path), ``backend`` (the backend actually used) and ``image_size`` ((H, W)). In a video, detections that are
+path), ``backend`` (the backend actually used) and ``image_size`` ((H, W)); for an image also ``stage``
+(the detector stage that found the face, or "box"), ``stages_tried``, ``detect_seconds``, ``box`` (the
+face's x, y, w, h), ``faces`` ((N, 4): every face found, largest first) and ``face`` (which of them, 1 = the
+largest). In a video, detections that are
 not face-shaped or jump in size (`tkh.landmarks.coverage`) count as no face, and a video with a face in fewer
 than half its frames gets a warning (as a driver, `tkh animate` would refuse it). The plot PNG shows the
 landmarks over the image (first frame with a face for videos) beside the rasterized landmark image
@@ -35,11 +38,22 @@ def landmark_plot(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([left, gap, right], axis=1)
 
 
+def _which(found, chosen) -> str:
+    """', face 2 of 3' when the image has several faces."""
+    n = len(found.faces)
+    return f", face {[f is chosen for f in found.faces].index(True) + 1} of {n}" if n > 1 else ""
+
+
 def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot: str | os.PathLike | None = None,
-                          backend: str = "auto", every: int = 1, smooth: bool = False) -> dict:
-    """Detect landmarks in an image or video and save them (and a plot). Returns a small summary dict."""
+                          backend: str = "auto", every: int = 1, smooth: bool = False, box=None,
+                          face: int | None = None, all_faces: bool = False) -> dict:
+    """Detect landmarks in an image or video and save them (and a plot). Returns a small summary dict.
+
+    Images only: box (x, y, w, h) gives the face by hand, face=N picks the N-th largest of several,
+    all_faces runs every detector stage (group paintings)."""
     from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage
-    from tkh.landmarks.detect import detect, detect_video, get_backend
+    from tkh.landmarks.detect import detect_video, find_faces
+    from tkh.landmarks.faces import metadata, pick, report
     from tkh.media import is_video, iter_video, load_image, write_image
 
     src, out = Path(input), Path(out)
@@ -50,6 +64,8 @@ def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot
     if not src.exists():
         raise BadInputError(f"{src}: file not found; check the path")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if (box is not None or face is not None or all_faces) and is_video(src):
+        raise BadInputError(f"{src}: --box, --face and --all-faces apply to images, not videos")
     tmp = out.with_name(out.stem + ".part.npz")
     try:
         if is_video(src):
@@ -73,10 +89,13 @@ def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot
                 write_image(plot, landmark_plot(frame, lms[first]), model="landmarks")
         else:
             image = load_image(src)
-            lms = detect(image, backend=backend, name=str(src))
-            used = get_backend(backend).name
-            np.savez_compressed(tmp, landmarks=lms, source=str(src), backend=used, image_size=np.array(image.shape[:2]))
-            summary = {"frames": 1, "with_face": 1, "backend": used}
+            found = find_faces(image, backend=backend, name=str(src), box=box, all_faces=all_faces)
+            chosen = pick(found, face, str(src))
+            report(found, chosen, str(src))
+            lms = chosen.landmarks
+            np.savez_compressed(tmp, landmarks=lms, source=str(src), backend=found.backend,
+                                image_size=np.array(image.shape[:2]), **metadata(found, chosen))
+            summary = {"frames": 1, "with_face": 1, "backend": f"{found.summary()}{_which(found, chosen)}"}
             if plot is not None:
                 write_image(plot, landmark_plot(image, lms), model="landmarks")
         os.replace(tmp, out)

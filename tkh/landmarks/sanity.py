@@ -8,6 +8,8 @@ nothing. `plausible(points, box)` rejects such fits before they are used:
 - along the face's own vertical axis (perpendicular to the line through the eye centres, so a
   head tilted like Dr Gachet's or lying like Flaming June's still counts) the eyes are above the
   nose tip, the nose tip above the mouth's centre, and the mouth's centre above the chin;
+- the chin lies at least `MIN_CHIN_DROP` eye distances below the eyes (real faces, paintings and video
+  alike: 1.6 to 3; a fit squeezed into a wide box of background: 0.6);
 - given the face box ``(x, y, w, h)`` the landmarks came from, every point lies inside it, grown by
   `box_margin` of its longer side on each side (dlib's fitter puts the chin and jaw slightly
   outside its detector's box, and a hand-drawn box is rarely tight).
@@ -25,6 +27,7 @@ import numpy as np
 from tkh.errors import BadInputError
 
 MIN_EYE_DISTANCE = 10.0  # pixels between the eye centres
+MIN_CHIN_DROP = 0.8  # the chin's distance below the eyes, in eye distances
 BOX_MARGIN = 0.25  # fraction of the box's longer side the landmarks may stick out on each side
 
 _RIGHT_EYE, _LEFT_EYE = slice(36, 42), slice(42, 48)  # iBUG-68: the subject's right eye is on the image's left
@@ -56,6 +59,9 @@ def _reasons(track: np.ndarray, boxes: np.ndarray | None, min_eye_distance: floa
             reasons.append(f"eyes only {eye_distance[t]:.1f} px apart (need > {min_eye_distance:g})")
         elif not 0 < nose[t] < mouth[t] < chin[t]:
             reasons.append("eyes, nose, mouth and chin are not in that order from top to bottom")
+        elif chin[t] < MIN_CHIN_DROP * eye_distance[t]:
+            reasons.append(f"a flat face: the chin only {chin[t] / eye_distance[t]:.2f} eye distances below the eyes "
+                           f"(need >= {MIN_CHIN_DROP:g})")
         elif boxes is not None and not _inside(track[t], boxes[t], box_margin):
             x, y, w, h = boxes[t]
             reasons.append(f"landmarks fall outside the face box {int(x)},{int(y)},{int(w)},{int(h)}")

@@ -1,0 +1,178 @@
+"""The offline detector cascade (tkh.landmarks.cascade), faces given by hand (box=) or chosen (face=N).
+
+Real dlib detectors on real images, no mocks; the time cap is tested with an injected clock (no test
+asserts wall-clock time). The paintings of ../shared/portraits are in test_landmarks_portraits.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+from tkh.errors import BadInputError, NoFaceError
+from tkh.landmarks import cascade as C
+from tkh.landmarks import detect, find_faces, get_backend, parse_box, plausible
+from tkh.landmarks.faces import check_box, from_cli, per_image
+
+pytestmark = pytest.mark.filterwarnings("ignore:tkh.landmarks. backend 'auto'")
+
+
+@pytest.fixture(scope="module")
+def dlib_backend():
+    return get_backend("dlib")
+
+
+@pytest.fixture(scope="module")
+def hopper_face(grace_hopper, dlib_backend):
+    det = dlib_backend.find(grace_hopper)
+    assert det.stage == "hog" and det.first_stage and len(det.faces) == 1
+    return det.faces[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry helpers: quarter turns and tiles
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_turned_points_and_boxes_map_back_exactly(turns):
+    img = np.zeros((30, 50), np.uint8)
+    img[7, 41] = 1  # (x, y) = (41, 7)
+    turned = np.rot90(img, turns)
+    yr, xr = np.argwhere(turned)[0]
+    assert C._turn_points(np.array([xr, yr], np.float64), turns, img.shape).tolist() == [41, 7]
+    box_img = np.zeros_like(img)
+    box_img[5:5 + 8, 10:10 + 20] = 1  # box (10, 5, 20, 8)
+    ys, xs = np.nonzero(np.rot90(box_img, turns))
+    turned_box = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    assert C._turn_box(turned_box, turns, img.shape) == (10, 5, 20, 8)
+
+
+def test_tiles_cover_the_image_and_overlap():
+    for h, w in [(500, 700), (800, 1600), (1994, 2052)]:
+        tiles = C._tiles(h, w, 800, 200)
+        cover = np.zeros((h, w), bool)
+        for y0, x0, y1, x1 in tiles:
+            assert y1 - y0 <= 800 and x1 - x0 <= 800
+            cover[y0:y1, x0:x1] = True
+        assert cover.all()
+        xs = sorted({(x0, x1) for _, x0, _, x1 in tiles})
+        assert all(a[1] - b[0] >= 200 for a, b in zip(xs, xs[1:]))  # neighbours share >= 200 px
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+# ---------------------------------------------------------------------------------------------
+def test_blank_image_runs_every_hog_stage_then_stops_without_cnn(dlib_backend):
+    det = dlib_backend.find(np.full((120, 160, 3), 127, np.uint8), cnn=False)
+    assert det.faces == [] and det.stage == "" and det.tried == ["hog", "hog-up1", "hog-up2"]
+
+
+def test_time_cap_skips_the_4x_search(dlib_backend):
+    """A clock on which every stage seems to take 1 s: 4x the 2x search's second would pass the cap."""
+    ticks = itertools.count()
+    det = dlib_backend.find(np.full((120, 160, 3), 127, np.uint8), cnn=False, time_budget=2.5,
+                            clock=lambda: float(next(ticks)))
+    assert det.tried == ["hog", "hog-up1"] and det.skipped == ["hog-up2 (time cap)"]
+
+
+def test_memory_cap_skips_upsampling(dlib_backend, monkeypatch):
+    monkeypatch.setattr(C, "MAX_HOG_BYTES", 120 * 160 * 2 * C.HOG_BYTES_PER_PIXEL)  # 1x fits, 2x (4x pixels) not
+    det = dlib_backend.find(np.full((120, 160, 3), 127, np.uint8), cnn=False)
+    assert det.tried == ["hog"] and det.skipped == ["hog-up1 (memory)"]
+
+
+def test_cnn_finds_a_face_lying_on_its_side(grace_hopper, hopper_face):
+    """HOG misses Grace Hopper turned a quarter; the CNN finds her in a turned copy, and the 68 points
+    (fitted at full resolution in the turned image, then turned back) match the upright ones."""
+    sideways = np.ascontiguousarray(np.rot90(grace_hopper, 3))  # a quarter turn clockwise
+    with pytest.warns(UserWarning, match="cnn-rot90 stage after hog, hog-up1, hog-up2, cnn found none"):
+        pts = detect(sideways, backend="dlib", name="sideways")
+    det = find_faces(sideways, backend="dlib")
+    assert det.stage == "cnn-rot90" and not det.first_stage and det.faces[0].stage == "cnn-rot90"
+    assert plausible(pts, det.faces[0].box)
+    upright = C._turn_points(pts, 3, grace_hopper.shape[:2])  # back into the upright photo
+    assert np.linalg.norm(upright - hopper_face.landmarks, axis=1).mean() < 10  # a CNN box, not HOG's: near
+
+
+# ---------------------------------------------------------------------------------------------
+# box= and face=
+# ---------------------------------------------------------------------------------------------
+def test_box_given_by_hand(grace_hopper, hopper_face):
+    x, y, w, h = hopper_face.box
+    det = find_faces(grace_hopper, backend="dlib", box=(x + 6, y - 4, w, h))
+    assert det.stage == "box" and det.tried == ["box"] and det.faces[0].box == (x + 6, y - 4, w, h)
+    assert np.linalg.norm(det.faces[0].landmarks - hopper_face.landmarks, axis=1).mean() < 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a good box: no warning
+        pts = detect(grace_hopper, backend="dlib", box=f"{x},{y},{w},{h}")
+    assert np.allclose(pts, hopper_face.landmarks)
+
+
+def test_box_on_something_else_warns(grace_hopper):
+    with pytest.warns(UserWarning, match="do not look like a face"):
+        detect(grace_hopper, backend="dlib", box=(0, 0, 512, 120))  # a wide strip of background
+
+
+@pytest.mark.parametrize("box, match", [
+    ((10, 10, 8, 8), "only 8x8 px"),
+    ((600, 700, 100, 100), "entirely outside the 512x600 image"),
+    ((450, 100, 200, 200), "mostly outside"),
+    ("10,20,30", "four numbers"),
+    ("a,b,c,d", "four numbers"),
+    ((1, 2, float("nan"), 4), "NaN"),
+])
+def test_bad_boxes_are_clear_errors(grace_hopper, box, match):
+    with pytest.raises(BadInputError, match=match):
+        detect(grace_hopper, backend="dlib", box=box, name="hopper")
+
+
+def test_box_helpers():
+    assert parse_box(" 1, 2.4,30,40 ") == (1, 2, 30, 40)
+    assert check_box((-5, -5, 100, 100), (200, 200)) == (-5, -5, 100, 100)  # a little off the edge is fine
+    assert from_cli(["1,2,30,40", "-"]) == [(1, 2, 30, 40), None] and from_cli(["1,2,30,40"]) == (1, 2, 30, 40)
+    assert per_image((1, 2, 30, 40), 1, "box") == [(1, 2, 30, 40)]
+    assert per_image([None, (1, 2, 30, 40)], 2, "box") == [None, (1, 2, 30, 40)]
+    with pytest.raises(BadInputError, match="2 images but one box"):
+        per_image((1, 2, 30, 40), 2, "box")
+
+
+@pytest.fixture(scope="module")
+def two_faces(grace_hopper) -> np.ndarray:
+    """Grace Hopper at full size beside herself at half size."""
+    canvas = np.zeros((600, 512 + 256, 3), np.uint8)
+    canvas[:300, :256] = grace_hopper[::2, ::2]
+    canvas[:, 256:] = grace_hopper
+    return canvas
+
+
+def test_several_faces_are_listed_and_face_n_chooses(two_faces):
+    det = find_faces(two_faces, backend="dlib")
+    assert len(det.faces) == 2 and det.faces[0].area > det.faces[1].area  # largest first
+    big, small = (",".join(map(str, f.box)) for f in det.faces)
+    with pytest.warns(UserWarning, match=f"2 faces found by hog .*#1 {big}; #2 {small}; using #1.*--face N"):
+        first = detect(two_faces, backend="dlib")
+    assert np.allclose(first, det.faces[0].landmarks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen explicitly: no warning
+        second = detect(two_faces, backend="dlib", face=2)
+    assert np.allclose(second, det.faces[1].landmarks) and second[:, 0].max() < 256
+    with pytest.raises(BadInputError, match=f"face 3 does not exist; 2 face.* #1 {big}; #2 {small}"):
+        detect(two_faces, backend="dlib", face=3)
+
+
+def test_no_face_error_says_what_was_tried_and_how_to_give_the_box():
+    with pytest.raises(NoFaceError, match=r"blank: no face found \(dlib backend: hog, hog-up1, hog-up2, cnn, "
+                                          r"cnn-rot90, cnn-rot270 tried in .* s\); give the face by hand: "
+                                          r"--box X,Y,W,H"):
+        detect(np.full((100, 100, 3), 127, np.uint8), backend="dlib", name="blank")
+    assert detect(np.full((100, 100, 3), 127, np.uint8), backend="dlib", on_missing="none", cnn=False) is None
+
+
+def test_batch_takes_one_box_per_image(grace_hopper, hopper_face):
+    blank = np.full_like(grace_hopper, 127)
+    out = detect([grace_hopper, blank], backend="dlib", box=[None, hopper_face.box])
+    assert np.allclose(out[0], hopper_face.landmarks) and out[1].shape == (68, 2)
+    with pytest.raises(BadInputError, match="2 images but 3 values"):
+        detect([grace_hopper, blank], backend="dlib", box=[None, None, None])
