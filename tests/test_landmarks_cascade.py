@@ -176,3 +176,117 @@ def test_batch_takes_one_box_per_image(grace_hopper, hopper_face):
     assert np.allclose(out[0], hopper_face.landmarks) and out[1].shape == (68, 2)
     with pytest.raises(BadInputError, match="2 images but 3 values"):
         detect([grace_hopper, blank], backend="dlib", box=[None, None, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: --box, --face, --all-faces; the landmarks file says how the face was found
+# ---------------------------------------------------------------------------------------------
+def _run(capsys, *args) -> tuple[int, str, str]:
+    from tkh.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def two_faces_png(tmp_path_factory, two_faces):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("faces") / "two_faces.png"
+    Image.fromarray(two_faces).save(path)
+    return path
+
+
+def test_cli_landmarks_records_the_stage_and_faces(tmp_path, capsys, two_faces_png, two_faces):
+    det = find_faces(two_faces, backend="dlib")
+    out = tmp_path / "l.npz"
+    with pytest.warns(UserWarning, match="2 faces found"):
+        rc, printed, _ = _run(capsys, "landmarks", two_faces_png, "--out", out, "--backend", "dlib")
+    assert rc == 0 and "found by hog in" in printed and "face 1 of 2" in printed
+    with np.load(out) as f:
+        assert str(f["stage"]) == "hog" and str(f["stages_tried"]) == "hog" and int(f["face"]) == 1
+        assert f["faces"].tolist() == det.boxes().tolist() and tuple(f["box"]) == det.faces[0].box
+        assert float(f["detect_seconds"]) >= 0 and str(f["backend"]) == "dlib"
+    rc, printed, _ = _run(capsys, "landmarks", two_faces_png, "--out", out, "--backend", "dlib", "--face", "2")
+    assert rc == 0 and "face 2 of 2" in printed
+    with np.load(out) as f:
+        assert np.allclose(f["landmarks"], det.faces[1].landmarks) and int(f["face"]) == 2
+    box = ",".join(map(str, det.faces[1].box))
+    rc, printed, _ = _run(capsys, "landmarks", two_faces_png, "--out", out, "--backend", "dlib", "--box", box)
+    assert rc == 0 and "found by box" in printed
+    with np.load(out) as f:
+        assert str(f["stage"]) == "box" and np.allclose(f["landmarks"], det.faces[1].landmarks)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--box", "10,10,5,5"], "only 5x5 px"),
+    (["--box", "2000,10,100,100"], "outside the 768x600 image"),
+    (["--box", "10,10"], "four numbers"),
+    (["--face", "3"], "face 3 does not exist"),
+    (["--face", "two"], "expected a face number"),
+])
+def test_cli_bad_box_or_face_is_one_line(tmp_path, capsys, two_faces_png, extra, needle):
+    out = tmp_path / "l.npz"
+    rc, _, err = _run(capsys, "landmarks", two_faces_png, "--out", out, "--backend", "dlib", *extra)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_box_is_for_images(tmp_path, capsys, carphone_path):
+    rc, _, err = _run(capsys, "landmarks", carphone_path, "--out", tmp_path / "v.npz", "--box", "1,1,50,50")
+    assert rc == 2 and "apply to images, not videos" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    import torch
+
+    from tkh.config import load_config
+    from tkh.models import TalkingHeadModel
+
+    torch.manual_seed(0)
+    return TalkingHeadModel(load_config("tiny"), num_videos=2).save(tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def test_cli_finetune_takes_a_box_per_image(tmp_path, capsys, tiny_model_file, two_faces_png, two_faces):
+    """Two images: the first's face given by hand (the small one), the second's detected (the largest)."""
+    import json
+
+    from safetensors import safe_open
+
+    det = find_faces(two_faces, backend="dlib")
+    small = ",".join(map(str, det.faces[1].box))
+    out = tmp_path / "a.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "2 faces found" for the detected one
+        rc, _, err = _run(capsys, "finetune", "--model", tiny_model_file, "--images", two_faces_png, two_faces_png,
+                          "--box", small, "-", "--steps", "0", "--out", out, "--device", "cpu")
+    assert rc == 0, err
+    with safe_open(str(out), "pt") as f:
+        sides = [t["side"] for t in json.loads(f.metadata()["transforms"])]
+    assert sides[0] < sides[1] * 0.7  # the small face's crop, then the large face's
+    rc, _, err = _run(capsys, "finetune", "--model", tiny_model_file, "--images", two_faces_png, two_faces_png,
+                      "--box", small, "--steps", "0", "--out", out, "--device", "cpu")
+    assert rc == 2 and "2 images but one box" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+def test_cli_demo_and_evaluate_pass_the_box_on(command, monkeypatch, capsys, tmp_path):
+    """Plumbing only (the runs themselves are tested elsewhere): --box / --face reach the Python API."""
+    import tkh.demo
+    import tkh.evaluate
+
+    seen = {}
+    if command == "demo":
+        monkeypatch.setattr(tkh.demo, "run_demo", lambda **kw: seen.update(kw))
+        args = ["demo", "--portrait", "p.jpg", "--box", "1,2,30,40", "--face", "2"]
+    else:
+        monkeypatch.setattr(tkh.evaluate, "evaluate", lambda *a, **kw: seen.update(kw) or {})
+        monkeypatch.setattr("tkh.pretrained.load", lambda *a, **kw: None)
+        args = ["evaluate", "--portrait", "p.jpg", "--driver", "d.mp4", "--json", tmp_path / "m.json",
+                "--box", "1,2,30,40", "--face", "2", "--device", "cpu"]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 0, err
+    assert seen["box"] == (1, 2, 30, 40) and seen["face"] == 2
