@@ -6,8 +6,9 @@
         --description "tkh small (128 px), meta-trained on ..."
 
 1. self-reenactment on every held-out clip (`tkh.evaluate.evaluate_self`: adapt on the first half of the
-   clip, reconstruct frames of the second half): 1-shot and 8-shot, FF and FT -> SSIM, PSNR, CSIM and
-   the landmark error of the generated frames;
+   clip, reconstruct frames of the second half): 1-shot and 8-shot, FF and FT -> SSIM, PSNR, LPIPS, CSIM,
+   dlib's identity distance to the source (and the fraction of frames under its 0.6 same-person threshold),
+   the landmark error of the generated frames, and the fraction of face pixels in landmark colours;
 2. cross-reenactment of a painting driven by the first held-out clip (CSIM to the painting, landmark error);
 3. a figure `pretrained/heldout.png` (real | FF-1 | FT-1 | FF-8 | FT-8 per clip, and the painting's row);
 4. fp16 shards + `pretrained/manifest.json` with the metrics (`tkh.pretrained.write_manifest`).
@@ -29,6 +30,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 CELLS = [("ff", 1), ("ft", 1), ("ff", 8), ("ft", 8)]
 FIG_FRAMES = 2  # held-out frames shown per clip in the figure
+# what each held-out cell records (tkh.evaluate.evaluate_self); LPIPS, identity distance and the landmark-colour
+# fraction were added with issue 13 (None in manifests made before)
+METRICS = ("ssim", "psnr", "lpips", "csim", "identity_distance", "same_person_fraction", "landmark_error",
+           "palette_fraction", "palette_fraction_real")
 
 
 def evaluate_heldout(model, clips: list[Path], ft_steps: int, backend: str) -> tuple[dict, dict]:
@@ -45,8 +50,7 @@ def evaluate_heldout(model, clips: list[Path], ft_steps: int, backend: str) -> t
             frames[clip.stem]["real"] = res.pop("_real")
             frames[clip.stem][f"{mode}-{shots}"] = res.pop("_frames")
             res.pop("_adapted")
-            metrics[clip.stem][f"{mode}-{shots}"] = {k: res[k] for k in
-                                                      ("ssim", "psnr", "csim", "landmark_error", "seconds")}
+            metrics[clip.stem][f"{mode}-{shots}"] = {k: res.get(k) for k in (*METRICS, "seconds")}
             print(f"{clip.stem:14s} {mode}-{shots}: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics[clip.stem][f"{mode}-{shots}"].items() if v is not None)
                 + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -58,8 +62,8 @@ def mean_table(metrics: dict) -> dict:
     out = {}
     for cell in (f"{m}-{k}" for m, k in CELLS):
         out[cell] = {}
-        for key in ("ssim", "psnr", "csim", "landmark_error"):
-            vals = [metrics[c][cell][key] for c in metrics if metrics[c][cell][key] is not None]
+        for key in METRICS:
+            vals = [metrics[c][cell].get(key) for c in metrics if metrics[c][cell].get(key) is not None]
             out[cell][key] = round(float(np.mean(vals)), 4) if vals else None
     return out
 
@@ -103,6 +107,8 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=40)
     ap.add_argument("--backend", default="dlib")
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--run", type=Path, help="the training run folder: its videos.json (train / held-out split) goes "
+                    "into the manifest")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -128,10 +134,13 @@ def main() -> None:
         pick = np.linspace(0, len(gen) - 1, len(CELLS)).round().astype(int)
         painting = {"crop": adapted.crops[0], "frames": gen[pick]}
         metrics["painting"] = {"portrait": args.painting.name, "driver": args.heldout[0].stem, "mode": "ft-1",
-                               **{k: res[k] for k in ("csim", "landmark_error", "detected_fraction")}}
+                               **{k: res.get(k) for k in ("csim", "identity_distance", "same_person_fraction",
+                                                          "palette_fraction", "landmark_error", "detected_fraction")}}
         print("painting:", metrics["painting"], flush=True)
     fig = figure(frames, painting, args.out / "heldout.png")
     training = json.loads(args.training.read_text()) if args.training else {}
+    if args.run and (args.run / "videos.json").is_file():
+        training["split"] = json.loads((args.run / "videos.json").read_text())
     entry = pretrained.write_manifest(model, args.name, args.out, metrics=metrics, training=training,
                                       description=args.description)
     print(json.dumps(metrics["mean"], indent=1))

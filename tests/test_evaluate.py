@@ -26,6 +26,8 @@ def test_cross_reenactment_metrics(shipped, grace_hopper, carphone_path):
     assert 0.0 <= r["detected_fraction"] <= 1.0
     assert r["landmark_error"] is None or r["landmark_error"] >= 0
     assert r["seconds"] > 0 and r["model_sha256"] == model.weights_sha256
+    assert r["identity_distance"] is None or r["identity_distance"] >= 0
+    assert 0.0 <= r["same_person_fraction"] <= 1.0 and 0.0 <= r["palette_fraction"] <= 1.0
     json.dumps(r)  # JSON-ready
 
 
@@ -41,6 +43,11 @@ def test_self_reenactment_cli(shipped, carphone_path, tmp_path, monkeypatch):
     assert r["protocol"] == "self" and r["shots"] == 2
     assert not set(r["adapt_frames"]) & set(r["eval_frames"])  # held-out frames only
     assert 0.0 <= r["ssim"] <= 1.0 and math.isfinite(r["psnr"])
+    from tkh.nets import vgg16_available
+
+    assert (r["lpips"] > 0) if vgg16_available() else r["lpips"] is None  # an untrained model is far from real
+    assert 0.0 <= r["same_person_fraction"] <= 1.0
+    assert 0.0 <= r["palette_fraction"] <= 1.0 and r["palette_fraction_real"] < 0.01  # real faces: ~no palette
 
 
 def test_evaluate_needs_portrait_or_self(shipped, carphone_path, tmp_path, monkeypatch, capsys):

@@ -138,3 +138,36 @@ def test_landmark_error_of_a_detected_frame(grace_hopper):
     print(f"landmark error: detector noise {noise:.3f}, moved 10 px {moved_err:.3f} (10 / IOD = {10 / iod:.3f})")
     assert noise < 0.04  # dlib's detector box snaps to its scan grid (measured 0.028)
     assert moved_err == pytest.approx(10 / iod, abs=0.04) and moved_err > 2 * noise
+
+
+def test_identity_distance_says_same_person_or_not(grace_hopper, astronaut, embeddings):
+    """dlib's descriptor distance: a JPEG'd, slightly shifted Grace Hopper stays under 0.6, another person does not."""
+    import cv2
+
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", np.roll(grace_hopper, 6, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 40])[1],
+                        cv2.IMREAD_UNCHANGED)
+    same = metrics.identity_distance(grace_hopper, jpeg)
+    other = metrics.identity_distance(embeddings[0], embeddings[1])
+    print(f"identity distance: same {same:.3f}, other {other:.3f}")
+    assert same < metrics.DLIB_SAME_PERSON < other
+    both = metrics.identity_distance(embeddings[0], embeddings)  # a single side broadcasts
+    assert both.shape == (2,) and both[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_palette_fraction_counts_landmark_colours_in_the_face(grace_hopper):
+    """A real face has (almost) no pixel in the landmark drawing's colours; drawing y onto it raises the fraction,
+    the more the thicker it is drawn; outside the face nothing counts."""
+    from tkh.landmarks import crop, detect, rasterize
+
+    face, pts, _ = crop(grace_hopper, detect(grace_hopper, backend="dlib"), 128)
+    real = metrics.palette_fraction(face, pts)
+    thin, thick = (np.where(rasterize(pts, 128, thickness=t) > 0, rasterize(pts, 128, thickness=t), face)
+                   for t in (1, 3))
+    f_thin, f_thick = metrics.palette_fraction([thin, thick], np.stack([pts, pts]))
+    print(f"palette fraction: real {real:.4f}, thin lines {f_thin:.4f}, thick {f_thick:.4f}")
+    assert real < 0.01 < f_thin < f_thick
+    outside = face.copy()
+    outside[:8] = (255, 0, 255)  # a lip-coloured band at the top edge, outside the landmarks' hull
+    assert metrics.palette_fraction(outside, pts) == pytest.approx(real)
+    with pytest.raises(BadInputError, match="landmark arrays"):
+        metrics.palette_fraction([face, face], pts)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tkh.errors import BadInputError
+from tkh.errors import BadInputError, WeightsUnavailableError
 from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage, require_faces
 
 __all__ = ["evaluate", "evaluate_cross", "evaluate_from_cli", "evaluate_self", "detect_generated"]
@@ -87,6 +87,16 @@ def _identity(images: np.ndarray, landmarks: np.ndarray, device: str) -> np.ndar
     return np.atleast_2d(identity_embedding(list(images), landmarks=np.asarray(landmarks), device=device))
 
 
+def _identity_summary(dists: np.ndarray) -> dict[str, float]:
+    """Mean dlib descriptor distance to the source person and the fraction of frames dlib calls the same
+    person (distance < 0.6; frames without a descriptor count as not)."""
+    from tkh.metrics import DLIB_SAME_PERSON
+
+    d = np.asarray(dists, dtype=np.float64)
+    return {"identity_distance": _nanmean(d), "same_person_fraction": float(np.mean(d < DLIB_SAME_PERSON)) if len(d)
+            else float("nan")}
+
+
 def _summary(model, adapted, **extra: Any) -> dict[str, Any]:
     return {"model": getattr(model, "weights_name", model.cfg.model.name),
             "model_sha256": getattr(model, "weights_sha256", ""), "config": model.cfg.model.name,
@@ -106,7 +116,7 @@ def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", s
     box / face: the portrait's face given by hand / chosen among several, as `tkh.adapt.adapt` takes them."""
     from tkh.adapt import adapt
     from tkh.animate import load_driver, transfer_motion
-    from tkh.metrics import csim, landmark_error
+    from tkh.metrics import csim, identity_distance, landmark_error, palette_fraction
 
     t0 = time.perf_counter()
     images = portrait if isinstance(portrait, (list, tuple)) else [portrait]
@@ -123,14 +133,17 @@ def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", s
     dev = str(adapted.device)
     e_portrait = _identity(adapted.crops[:1], adapted.crop_landmarks[:1], dev)
 
-    def metrics(f: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.atleast_1d(csim(e_portrait[0], _identity(f, lm, dev))), detect_generated(f, backend)
+    def metrics(f: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e = _identity(f, lm, dev)
+        return (np.atleast_1d(csim(e_portrait[0], e)), np.atleast_1d(identity_distance(e_portrait[0], e)),
+                detect_generated(f, backend))
 
-    sims, found = _chunked(metrics, (frames, lms), "metrics", progress)
+    sims, dists, found = _chunked(metrics, (frames, lms), "metrics", progress)
     err = np.atleast_1d(landmark_error(found, lms))
     out = _summary(model, adapted, protocol="cross", shots=len(images[:shots]), driver=str(driver),
                    driver_faces=track.coverage.as_dict() if track.coverage is not None else None,
                    frames=int(len(frames)), csim=_nanmean(sims), csim_std=float(np.nanstd(sims)),
+                   **_identity_summary(dists), palette_fraction=_nanmean(palette_fraction(frames, lms)),
                    landmark_error=_nanmean(err), detected_fraction=float(np.isfinite(err).mean()),
                    render_seconds=round(render_s, 3), fps=round(len(frames) / max(render_s, 1e-9), 2),
                    seconds=round(time.perf_counter() - t0, 3))
@@ -166,7 +179,7 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     from tkh.adapt import adapt
     from tkh.landmarks import crop, detect_video
     from tkh.media import iter_video
-    from tkh.metrics import csim, landmark_error, psnr, ssim
+    from tkh.metrics import csim, identity_distance, landmark_error, lpips, palette_fraction, psnr, ssim
 
     t0 = time.perf_counter()
     vl = track if track is not None else detect_video(video, backend=backend, max_frames=max_frames,
@@ -193,16 +206,26 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     render_s = time.perf_counter() - t1
     dev = str(adapted.device)
 
-    def metrics(r: np.ndarray, g: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.atleast_1d(csim(_identity(r, lm, dev), _identity(g, lm, dev))), detect_generated(g, backend)
+    source = _identity(adapted.crops[:1], adapted.crop_landmarks[:1], dev)[0]  # the adaptation image's person
 
-    sims, found = _chunked(metrics, (real, gen, lms), "metrics", progress)
+    def metrics(r: np.ndarray, g: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e = _identity(g, lm, dev)
+        return (np.atleast_1d(csim(_identity(r, lm, dev), e)), np.atleast_1d(identity_distance(source, e)),
+                detect_generated(g, backend))
+
+    sims, dists, found = _chunked(metrics, (real, gen, lms), "metrics", progress)
     err = np.atleast_1d(landmark_error(found, lms))
+    try:
+        perceptual = {"lpips": float(np.mean(lpips(real, gen, device=dev)))}
+    except WeightsUnavailableError:  # VGG16 not fetched (`tkh fetch vgg16`): the other metrics still count
+        perceptual = {"lpips": None}
     out = _summary(model, adapted, protocol="self", shots=int(len(adapt_idx)), video=str(video),
                    driver_faces=cov.as_dict(),
                    adapt_frames=adapt_idx.tolist(), eval_frames=eval_idx.tolist(), frames=int(len(gen)),
-                   ssim=float(np.mean(ssim(real, gen))), psnr=float(np.mean(psnr(real, gen))),
-                   csim=_nanmean(sims), landmark_error=_nanmean(err),
+                   ssim=float(np.mean(ssim(real, gen))), psnr=float(np.mean(psnr(real, gen))), **perceptual,
+                   csim=_nanmean(sims), **_identity_summary(dists),
+                   palette_fraction=_nanmean(palette_fraction(gen, lms)),
+                   palette_fraction_real=_nanmean(palette_fraction(real, lms)), landmark_error=_nanmean(err),
                    detected_fraction=float(np.isfinite(err).mean()), render_seconds=round(render_s, 3),
                    seconds=round(time.perf_counter() - t0, 3))
     if return_frames:

@@ -10,6 +10,8 @@
   peak signal-to-noise ratio, on images scaled to [0, 1].
 - `lpips(a, b)`: the learned perceptual distance of Zhang et al. 2018 (VGG16 + v0.1 heads, offline from
   `tkh.nets.vgg16`); not in the paper, but closer to what people see than SSIM or PSNR.
+- `identity_distance(a, b)`: dlib's descriptor distance (< 0.6: dlib's "same person").
+- `palette_fraction(images, landmarks)`: how much of the face is painted in the landmark drawing's colours.
 - `landmark_error(pred, ref)`: mean point-to-point distance over the inter-ocular distance (outer eye
   corners 36 and 45 of `ref`), e.g. landmarks detected on generated frames vs the driving landmarks.
 
@@ -315,6 +317,29 @@ def csim(a: Any, b: Any, **embed_kwargs: Any) -> float | np.ndarray:
     a, b: embeddings ((128,) or (B, 128)) or images (embedded with `identity_embedding(**embed_kwargs)`).
     Returns a float for one pair, (B,) for batches (a single side is broadcast).
     """
+    ea, eb, batch = _embedding_pair(a, b, embed_kwargs)
+    na, nb = np.linalg.norm(ea, axis=-1), np.linalg.norm(eb, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = (ea * eb).sum(-1) / (na * nb)
+    return sim if batch else float(sim[0])
+
+
+DLIB_SAME_PERSON = 0.6  # dlib's threshold on the descriptor distance: below it, the same person
+
+
+def identity_distance(a: Any, b: Any, **embed_kwargs: Any) -> float | np.ndarray:
+    """Euclidean distance of dlib identity descriptors: under `DLIB_SAME_PERSON` (0.6) dlib calls two faces
+    the same person (99.38% on LFW). CSIM alone cannot say that: dlib's cosine is ≈ 0.88 between strangers.
+
+    a, b: embeddings or images, as for `csim`. Returns a float for one pair, (B,) for batches.
+    """
+    ea, eb, batch = _embedding_pair(a, b, embed_kwargs)
+    d = np.linalg.norm(ea - eb, axis=-1)
+    return d if batch else float(d[0])
+
+
+def _embedding_pair(a: Any, b: Any, embed_kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(B, 128) float64 descriptors of both sides (a single side broadcasts), and whether it was a batch."""
     def emb(x: Any) -> np.ndarray:
         if _is_embedding(x):
             v = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -326,10 +351,46 @@ def csim(a: Any, b: Any, **embed_kwargs: Any) -> float | np.ndarray:
     ea, eb = np.atleast_2d(ea), np.atleast_2d(eb)
     if ea.shape[-1] != eb.shape[-1]:
         raise BadInputError(f"embeddings differ in length: {ea.shape[-1]} vs {eb.shape[-1]}")
-    na, nb = np.linalg.norm(ea, axis=-1), np.linalg.norm(eb, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sim = (ea * eb).sum(-1) / (na * nb)
-    return sim if batch else float(sim[0])
+    return ea, eb, batch
 
 
-__all__ = ["csim", "face_chips", "identity_embedding", "landmark_error", "lpips", "psnr", "ssim"]
+# ---------------------------------------------------------------------------------------------
+# Landmark colours in the face
+# ---------------------------------------------------------------------------------------------
+PALETTE_TOLERANCE = 60.0  # RGB distance (0-255 units) within which a pixel counts as a landmark colour
+
+
+def palette_fraction(images: Any, landmarks: Any, tolerance: float = PALETTE_TOLERANCE) -> float | np.ndarray:
+    """Fraction of face pixels whose colour lies within `tolerance` of a landmark-drawing colour.
+
+    G sees the landmark image y, drawn in saturated part colours (`tkh.landmarks.draw.PART_COLOURS`); a
+    generator that copies y into its output paints those colours into the mouth and eyes. The face is the
+    convex hull of the 68 points (in the image's pixels). Compare generated frames with the real ones: real
+    faces have a small base rate (red lips are near the brow colour, say). Returns a float or (B,).
+    """
+    import cv2
+
+    from tkh.landmarks.draw import PART_COLOURS
+
+    imgs, batch = _as_uint8_list(images)
+    lms = np.asarray(landmarks, dtype=np.float32)
+    lms = lms[None] if lms.ndim == 2 else lms
+    if len(lms) != len(imgs) or lms.shape[1:] != (68, 2):
+        raise BadInputError(f"palette_fraction: {len(imgs)} images need as many (68, 2) landmark arrays, got "
+                            f"{lms.shape}")
+    palette = np.array(list(PART_COLOURS.values()), np.float32)  # (P, 3)
+    vals = []
+    for img, pts in zip(imgs, lms):
+        mask = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+        face = img[mask.astype(bool)].astype(np.float32)  # (N, 3)
+        if not len(face):
+            vals.append(float("nan"))
+            continue
+        dist = np.sqrt(((face[:, None, :] - palette[None]) ** 2).sum(-1)).min(1)
+        vals.append(float((dist < tolerance).mean()))
+    return _finish(vals, batch)
+
+
+__all__ = ["DLIB_SAME_PERSON", "csim", "face_chips", "identity_distance", "identity_embedding", "landmark_error", "lpips",
+           "palette_fraction", "psnr", "ssim"]
