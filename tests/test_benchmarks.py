@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["puppet_frame", "train_throughput", "finetune_time", "preprocess_speed", "scaling"]
+SCRIPTS = ["puppet_frame", "train_throughput", "finetune_time", "preprocess_speed", "scaling", "portrait_detection"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
