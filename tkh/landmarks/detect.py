@@ -22,7 +22,8 @@ Return values
 - ``detect(image)`` -> ``np.float32 (68, 2)`` (x, y) pixel coordinates, iBUG-68 order, of the
   largest face (a warning listing the boxes when there are several; ``face=N`` picks the N-th largest).
   ``box=(x, y, w, h)`` gives the face by hand. No face -> `NoFaceError` naming the file (pass ``name=``
-  for arrays), what was tried and how to give the box. A warning says when only a later stage found it.
+  for arrays), what was tried and how to give the box. For one image, a warning says when only a later
+  stage found the face.
 - ``find_faces(image)`` -> `Detection`: every plausible face (`Face`: landmarks, box, score), the stage
   that found them, the stages tried and the seconds it took.
 - ``detect(batch)`` where batch is a list/tuple of images or paths, or a ``(N, H, W, 3)`` array ->
@@ -382,7 +383,7 @@ def detect(image_or_batch: Any, backend: str = "auto", name: str | None = None, 
             results.append(None)
             continue
         chosen = pick(det, number, lab)  # NoFaceError (what was tried, --box) when there is no face
-        report(det, chosen, lab)
+        report(det, chosen, lab, fallback=not batch)  # frames of a batch: which stage is no news
         results.append(chosen.landmarks)
     return results if batch else results[0]
 

@@ -205,15 +205,15 @@ def metadata(detection: Detection, face: Face) -> dict[str, Any]:
             "faces": detection.boxes(), "face": number}
 
 
-def report(detection: Detection, face: Face, name: str = "image") -> None:
-    """Warn about what the user should know of a chosen face: that only a later stage found it (slower),
-    or that the points fitted in a box given by hand do not look like a face (the box is probably off)."""
+def report(detection: Detection, face: Face, name: str = "image", fallback: bool = True) -> None:
+    """Warn about what the user should know of a chosen face: that only a later stage found it (slower;
+    `fallback`), or that the points fitted in a box given by hand do not look like a face (the box is off)."""
     if detection.stage == "box":
         why = implausible_reason(face.landmarks, face.box)
         if why:
             warnings.warn(f"{name}: the landmarks fitted in box {format_box(face.box)} do not look like a face "
                           f"({why}); check that the box covers the face from the brows to the chin", stacklevel=3)
-    elif detection.tried and not detection.first_stage:
+    elif fallback and detection.tried and not detection.first_stage:
         missed = ", ".join(s for s in detection.tried if s != detection.stage)
         warnings.warn(f"{name}: face found by {detection.backend}'s {detection.stage} stage after {missed} "
                       f"found none ({detection.seconds:.1f} s)", stacklevel=3)
