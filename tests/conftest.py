@@ -17,6 +17,9 @@ SHARED = Path("/nonexistent/tkh-shared-hidden") if _SHARED_ENV.lower() == "none"
 
 # Two cores: keep torch from oversubscribing when pytest runs beside other work.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# amp / channels_last "auto" would pick bf16 on CPUs with bf16 units and float32 elsewhere: the tests' tolerances
+# are float32's on every machine. Tests of the bf16 paths and of tkh.precision's probe set what they test.
+os.environ.setdefault("TKH_PRECISION", "off")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

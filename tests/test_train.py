@@ -156,7 +156,8 @@ def test_grad_checkpointing_gives_the_same_gradients_and_bf16_runs(tiny_cache):
 
     from tkh.data import EpisodeDataset
     from tkh.models.blocks import spectral_norm_cached
-    from tkh.train.loop import MetaStep, enable_grad_checkpointing
+    from tkh.train.objectives import MetaStep
+    from tkh.train.setup import enable_grad_checkpointing
 
     cfg = tiny()
     ds = EpisodeDataset(tiny_cache, k=1, image_size=64)

@@ -91,8 +91,9 @@ class TrainConfig:
     lr_d: float = 2e-4             # Adam learning rate of D, W included (paper)
     betas: tuple[float, float] = (0.0, 0.999)  # Adam betas; BigGAN-style GANs use β1 = 0
     d_steps_per_g: int = 2         # discriminator updates per generator update (paper: 2)
-    amp: str = "auto"              # "auto" (bf16 on CUDA, off on CPU), "bf16", "off"
-    channels_last: bool = True     # memory format on CUDA (ignored on CPU)
+    amp: str = "auto"              # "auto" (CUDA: bf16; CPU: bf16 where a probe finds it faster), "bf16", "off"
+    channels_last: str = "auto"    # "auto" (CUDA: on; CPU: where the probe finds it faster), "on", "off"; the
+                                   # old boolean is accepted (true = on). tkh.precision decides "auto"
     compile: bool = False          # torch.compile E, G, D
     grad_checkpoint: bool = False  # recompute residual blocks in backward: less memory on small GPUs, ~30% slower
     num_workers: int = 2           # DataLoader workers (0: load episodes in the training process)
@@ -114,8 +115,7 @@ class TrainConfig:
     progress: bool = True          # tqdm progress bar with it/s and ETA (rank 0 only)
 
     def __post_init__(self) -> None:
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"train.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        self.channels_last = _precision_fields("train", self.amp, self.channels_last)
         if self.steps < 0 or self.batch_size < 1 or self.k_shots < 1 or self.d_steps_per_g < 0:
             raise ConfigError("train.steps must be >= 0, train.batch_size and train.k_shots >= 1, "
                               "train.d_steps_per_g >= 0")
@@ -138,7 +138,9 @@ class AdaptConfig:
     d_steps_per_g: int = 1         # D updates per G update during FT (meta-learning uses 2; 1 halves CPU time)
     perceptual: str = "offline"    # L_CNT networks during FT: "offline" (those loadable without a download,
                                    # tkh.nets.available_perceptual()), or any loss.perceptual value
-    amp: str = "auto"              # "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "off"
+    amp: str = "auto"              # "auto" (CUDA: bf16; CPU: bf16 where a probe finds it faster), "bf16", "off"
+    channels_last: str = "auto"    # "auto", "on", "off", as train.channels_last
+    max_nonfinite: int = 5         # consecutive FT steps with a NaN/inf loss (each skipped) before NonFiniteLossError
     seed: int = 0                  # seeds the FT batch order (same images + seed -> same result)
     max_seconds: float = 0.0       # stop FT early after this many seconds (0 = no limit; `tkh demo` on a CPU)
 
@@ -147,8 +149,7 @@ class AdaptConfig:
             raise ConfigError(f"adapt.mode must be 'ff' or 'ft', got {self.mode!r}")
         if self.steps < 0 or self.batch_size < 1 or self.d_steps_per_g < 0:
             raise ConfigError("adapt.steps must be >= 0, adapt.batch_size >= 1 and adapt.d_steps_per_g >= 0")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"adapt.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        self.channels_last = _precision_fields("adapt", self.amp, self.channels_last)
 
 
 @dataclass
@@ -210,10 +211,25 @@ def _build(sub_cls: type, values: dict[str, Any], where: str) -> Any:
     return sub_cls(**converted)
 
 
+def _precision_fields(section: str, amp: str, channels_last: str | bool) -> str:
+    """Check `amp` / `channels_last` (tkh.precision's choices); returns channels_last with the old boolean
+    mapped (True -> "on", False -> "off")."""
+    if isinstance(channels_last, bool):
+        channels_last = "on" if channels_last else "off"
+    if amp not in ("auto", "bf16", "off"):
+        raise ConfigError(f"{section}.amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    if channels_last not in ("auto", "on", "off"):
+        raise ConfigError(f"{section}.channels_last must be 'auto', 'on' or 'off', got {channels_last!r}")
+    return channels_last
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Match the default's type where YAML guesses differently: YAML 1.1 reads `1e-4` (no dot) as a string."""
+    """Match the default's type where YAML guesses differently: YAML 1.1 reads `1e-4` (no dot) as a string,
+    and `off` / `on` / `yes` / `no` as booleans (a string field gets the word back: "off" or "on")."""
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
+    if isinstance(default, str) and isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(default, bool) or value is None or isinstance(value, bool):
         return value
     for kind in (float, int):

@@ -36,6 +36,7 @@ from tkh.config import LossConfig
 from tkh.errors import ConfigError, TkhError, WeightsUnavailableError
 
 __all__ = [
+    "hinge_terms",
     "hinge_d",
     "adv_g",
     "feature_matching",
@@ -52,9 +53,16 @@ FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 # --- the terms ------------------------------------------------------------------------------------
 
 
+def hinge_terms(real_score: torch.Tensor, fake_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of L_DSC: mean(max(0, 1 − D(x))), mean(max(0, 1 + D(x̂))), in float32 (under bf16
+    autocast the scores may be bf16). Scores: (B,) -> two scalars."""
+    return F.relu(1.0 - real_score.float()).mean(), F.relu(1.0 + fake_score.float()).mean()
+
+
 def hinge_d(real_score: torch.Tensor, fake_score: torch.Tensor) -> torch.Tensor:
     """L_DSC = mean(max(0, 1 − D(x))) + mean(max(0, 1 + D(x̂))) (sec. 3.2). Scores: (B,) -> scalar."""
-    return F.relu(1.0 - real_score.float()).mean() + F.relu(1.0 + fake_score.float()).mean()
+    d_real, d_fake = hinge_terms(real_score, fake_score)
+    return d_real + d_fake
 
 
 def adv_g(fake_score: torch.Tensor) -> torch.Tensor:
@@ -295,9 +303,7 @@ def discriminator_loss(
     Pass fake_score computed on a detached x̂ so that only D is updated. Returns (total, parts) with
     d_real, d_fake (the two hinge terms), real_score, fake_score (mean raw scores) and total, detached.
     """
-    real_score, fake_score = real_score.float(), fake_score.float()  # bf16 under autocast; losses in float32
-    d_real = F.relu(1.0 - real_score).mean()
-    d_fake = F.relu(1.0 + fake_score).mean()
+    d_real, d_fake = hinge_terms(real_score, fake_score)
     total = d_real + d_fake
     parts = {"d_real": d_real, "d_fake": d_fake, "real_score": real_score.mean(), "fake_score": fake_score.mean(),
              "total": total}

@@ -32,6 +32,7 @@ import torch
 from tkh.errors import BadInputError, NoFaceError
 from tkh.media import load_image, to_rgb_uint8
 from tkh.nets.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceResNet, load_dlib_face_resnet
+from tkh.tensors import to_uint8
 
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45  # iBUG-68 outer eye corners, for the inter-ocular distance
 _lock = threading.Lock()
@@ -50,12 +51,6 @@ def _is_batch(x: Any) -> bool:
     return False
 
 
-def _tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
-    """(3, H, W) tensor in [-1, 1] -> (H, W, 3) uint8."""
-    t = t.detach().float().cpu()
-    return ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
 def _check_chw(t: torch.Tensor, i: int) -> None:
     if t.ndim != 3 or t.shape[0] != 3:
         raise BadInputError(f"image {i}: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(t.shape)}")
@@ -69,7 +64,7 @@ def _as_uint8_list(x: Any) -> tuple[list[np.ndarray], bool]:
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
             _check_chw(item, i)
-            out.append(_tensor_to_uint8(item))
+            out.append(to_uint8(item))
         elif isinstance(item, np.ndarray):
             out.append(to_rgb_uint8(item, f"image {i}"))
         else:

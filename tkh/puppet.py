@@ -21,14 +21,16 @@ ipywidgets to `Puppet.render`.
 - `drive_from_video(path)`: a video of a person moves the portrait through the same render path
   (`tkh.animate`'s driver loading and motion normalisation, reused).
 
-Speed: on CUDA, G runs in bf16 autocast (channels-last, optionally `torch.compile`d) after a warm-up
-call; on the CPU in float32. Spectral normalisation is folded into plain weights once (a private
+Speed: G runs as `tkh.precision` decides (amp / channels_last: on CUDA bf16 autocast and channels-last,
+optionally `torch.compile`d, after a warm-up call; on a CPU bf16 and channels_last only where a short
+probe finds them faster). Spectral normalisation is folded into plain weights once (a private
 copy of G), since σ(W) is constant at inference time.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +40,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tkh import precision, pretrained
+from tkh.adapt import adapt
+from tkh.animate import load_driver, transfer_motion
 from tkh.errors import BadInputError
 from tkh.landmarks import edit, rasterize
 from tkh.landmarks.coverage import MIN_FACE_FRACTION
 from tkh.landmarks.edit import RANGES
+from tkh.media import write_video
+from tkh.models import Generator, TalkingHeadModel
+from tkh.tensors import to_tensor, to_uint8
 
 __all__ = ["CONTROLS", "PRESETS", "Puppet", "Recording", "keyframes", "neutral_controls"]
 
@@ -145,10 +153,12 @@ class Puppet:
     device: None = where ψ lives; "auto" = CUDA when available; or any torch device.
     compile: `torch.compile` the generator on CUDA (a slower first frame, faster later ones).
     warmup: render one frame now so the first slider move is not the slow one.
+    amp, channels_last: `tkh.precision`'s settings ("auto": bf16 / channels_last where they are faster).
     """
 
     def __init__(self, adapted: AdaptedLike, index: int = 0, device: str | torch.device | None = None,
-                 compile: bool = False, warmup: bool = True) -> None:
+                 compile: bool = False, warmup: bool = True, amp: str = "auto",
+                 channels_last: str = "auto") -> None:
         self.adapted = adapted
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,9 +178,9 @@ class Puppet:
         # constant once training is over), no autograd state; bf16 + channels-last on CUDA.
         self.G = _inference_copy(adapted.G).to(self.device)
         self.psi = adapted.psi.detach().to(self.device, torch.float32).reshape(1, -1)
-        self.use_bf16 = self.device.type == "cuda"
-        if self.use_bf16:
-            self.G = self.G.to(memory_format=torch.channels_last)
+        self.precision = precision.resolve(amp, channels_last, self.device, getattr(self.G, "cfg", None))
+        self.use_bf16 = self.precision.bf16
+        self.precision.prepare(self.G)
         self._render_fn = self.G.render
         if compile and self.device.type == "cuda":
             self._render_fn = torch.compile(self.G.render, dynamic=False)
@@ -195,8 +205,6 @@ class Puppet:
         mode: "ff" (feed-forward ψ̂ = P·ê, instant) or "ft" (fine-tuning, better identity, slower).
         backend: the landmark detector (`tkh.landmarks.detect`).
         """
-        from tkh.adapt import adapt
-
         model = _load_model(model)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,13 +252,9 @@ class Puppet:
 
     def _generate(self, y_img: np.ndarray) -> np.ndarray:
         """x̂ = G.render(y, ψ) for one uint8 landmark image (S, S, 3) -> uint8 frame (S, S, 3)."""
-        y = torch.from_numpy(y_img).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            if self.use_bf16:
-                y = y.contiguous(memory_format=torch.channels_last)
-            x = self._render_fn(y, self.psi)
-            img = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
-        return img.cpu().numpy()
+        y = self.precision.tensor(to_tensor(y_img, batch=True, device=self.device))
+        with torch.inference_mode(), self.precision.autocast():
+            return to_uint8(self._render_fn(y, self.psi)[0])
 
     @property
     def last_fps(self) -> float:
@@ -264,7 +268,8 @@ class Puppet:
             self.render(jaw_open=(i % 5) / 5)
             times.append(self.last_ms)
         ms = float(np.median(times))
-        return {"ms_per_frame": ms, "fps": 1000.0 / ms, "device": str(self.device), "bf16": self.use_bf16}
+        return {"ms_per_frame": ms, "fps": 1000.0 / ms, "device": str(self.device), "bf16": self.use_bf16,
+                "channels_last": self.precision.channels_last, "precision": self.precision.describe()}
 
     # --- recording -----------------------------------------------------------------------------------
     def start_recording(self) -> None:
@@ -307,8 +312,6 @@ class Puppet:
                 frames.append(np.concatenate([frame, y], axis=1) if landmarks else frame)
         finally:
             self._recording = was
-        from tkh.media import write_video
-
         return write_video(path, frames, fps=fps, model=self.model_name, caption=caption)
 
     # --- driving from a video --------------------------------------------------------------------------
@@ -332,8 +335,6 @@ class Puppet:
                           reference: str | int = "first", min_face_fraction: float = MIN_FACE_FRACTION
                           ) -> np.ndarray:
         """The driver's landmark track mapped onto this portrait's crop: (T, 68, 2) (see `drive_from_video`)."""
-        from tkh.animate import load_driver, transfer_motion
-
         track = load_driver(driver, self.neutral, backend=backend, max_frames=max_frames,
                             min_face_fraction=min_face_fraction)
         lms, valid = track.landmarks, track.valid
@@ -349,10 +350,6 @@ def _inference_copy(G: torch.nn.Module) -> torch.nn.Module:
     parametrised modules share their class with G, so removing parametrisations in place would break G).
     Generators of another class are deep-copied and only put in eval mode.
     """
-    import dataclasses
-
-    from tkh.models import Generator
-
     G.eval()
     if not isinstance(G, Generator) or not G.cfg.spectral_norm:
         return copy.deepcopy(G).eval().requires_grad_(False)
@@ -372,10 +369,6 @@ def _inference_copy(G: torch.nn.Module) -> torch.nn.Module:
 
 def _load_model(model: Any):
     """A TalkingHeadModel from itself, or by shipped name / checkpoint path (`tkh.pretrained.load`)."""
-    from tkh.models import TalkingHeadModel
-
     if isinstance(model, TalkingHeadModel):
         return model
-    from tkh.pretrained import load
-
-    return load(model)
+    return pretrained.load(model)

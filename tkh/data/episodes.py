@@ -35,11 +35,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from tkh.data.cache import CacheInfo, VideoEntry, load_cache_index, split_identities
 from tkh.errors import BadInputError, ConfigError
+from tkh.tensors import to_tensor
 
 
 def _mirror_68() -> np.ndarray:
@@ -69,12 +69,6 @@ def flip_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
     pts = np.array(landmarks, dtype=np.float32, copy=True)
     pts[..., 0] = (width - 1) - pts[..., 0]
     return pts[..., MIRROR_68, :]
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1]."""
-    chw = np.ascontiguousarray(np.moveaxis(images, -1, -3))  # transpose while still 1 byte per value
-    return torch.from_numpy(chw).to(torch.float32).div_(127.5).sub_(1.0)
 
 
 class EpisodeDataset(Dataset):
@@ -227,7 +221,7 @@ class EpisodeDataset(Dataset):
         from tkh.landmarks import rasterize
 
         ys = np.stack([rasterize(p, size) for p in pts])  # (K+1, H, W, 3) uint8
-        x, y = _to_tensor(imgs), _to_tensor(ys)
+        x, y = to_tensor(imgs), to_tensor(ys)
         return {"frames": x[: self.k], "landmarks": y[: self.k], "target": x[self.k],
                 "target_landmarks": y[self.k], "video_index": self._row_of[index]}
 

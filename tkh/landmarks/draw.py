@@ -126,8 +126,7 @@ def rasterize_torch(landmarks, size: int = 256, src_size=None, thickness: int | 
     h, w = _size_hw(size)
     if method == "cv2" or (method == "auto" and lms.device.type == "cpu"):
         imgs = [rasterize(p, (h, w), src_size=src_size, thickness=thickness) for p in lms.detach().cpu().numpy()]
-        out = torch.from_numpy(np.stack(imgs)).to(lms.device).permute(0, 3, 1, 2).float()
-        return out / 127.5 - 1
+        return to_tensor(np.stack(imgs), device=lms.device)
     return torch.cat([_rasterize_distance(part, (h, w), src_size, thickness) for part in lms.split(chunk)])
 
 
@@ -166,11 +165,12 @@ def _rasterize_distance(lms, size_hw: tuple[int, int], src_size, thickness: int 
     return (out.view(b, 3, h, w) * 2 - 1).clamp(-1, 1)
 
 
-def to_tensor(image: np.ndarray):
-    """uint8 (H, W, 3) landmark image -> float (3, H, W) in [-1, 1] (the tkh tensor convention)."""
-    import torch
+def to_tensor(image: np.ndarray, device=None):
+    """uint8 (H, W, 3) landmark image(s) -> float (3, H, W) in [-1, 1] (`tkh.tensors.to_tensor`: the tkh
+    tensor convention; imported here, not at the top, so that `tkh.landmarks` imports without torch)."""
+    from tkh.tensors import to_tensor as convert
 
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1
+    return convert(image, device=device)
 
 
 def draw_on_image(image: np.ndarray, landmarks: np.ndarray, radius: int | None = None,

@@ -7,7 +7,9 @@ The paper builds all three networks from the same pieces, borrowed from BigGAN (
 - residual blocks at G's bottleneck and residual *upsampling* blocks (`ResBlock`, `ResBlockUp`) whose
   normalisation is AdaIN (Huang & Belongie 2017), driven by the projected embedding ψ̂ = P·ê;
 - self-attention (`SelfAttention`, SAGAN, Zhang et al. 2019) at one resolution in each network;
-- spectral normalisation (Miyato et al. 2018) of every convolution (`conv`, `linear`).
+- spectral normalisation (Miyato et al. 2018) of every convolution (`conv`, `linear`);
+- the widths shared by all three (`width`, `trunk_resolutions`) and the downsampling trunk of E and D
+  (`DownTrunk`, `global_pool`).
 
 All blocks work on (B, C, H, W) tensors in any memory format (channels_last included), never branch on
 tensor values or shapes at run time (so `torch.compile` traces them once), and compute the statistics
@@ -26,7 +28,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from tkh.config import Config, ModelConfig
+
 __all__ = [
+    "DownTrunk",
+    "global_pool",
+    "model_config",
+    "trunk_resolutions",
+    "width",
     "Conv2d",
     "Linear",
     "conv",
@@ -101,11 +110,32 @@ def spectral_norm_cached(model: nn.Module) -> Iterator[None]:
 # --- normalisation ---------------------------------------------------------------------------------
 
 
-def instance_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(x − μ) / σ per sample and channel over H, W; statistics in float32. x: (B, C, H, W)."""
-    xf = x.float()
-    var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
-    return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+def instance_normalize(x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                       eps: float = 1e-5) -> torch.Tensor:
+    """(x − μ) / σ per sample and channel over H, W, then · scale + shift when given (both or neither);
+    statistics in float32. x: (B, C, H, W); scale, shift: (B or 1, C, 1, 1).
+
+    Two layouts, one result up to rounding. NCHW: `F.group_norm` with one group per channel (its kernels
+    accumulate in float32 for bf16 inputs, and on the CPU it is ~10x faster than `torch.var_mean`, which
+    was the top op of the bf16 profile). channels_last, where group_norm's backward is slow: a two-pass
+    float32 mean and variance. The affine part is one fused `addcmul` in x's dtype.
+    """
+    if x.is_contiguous():
+        h = F.group_norm(x, x.shape[1], eps=eps).to(x.dtype)  # (CUDA autocast runs group_norm in float32)
+        return h if scale is None else torch.addcmul(shift.to(x.dtype), h, scale.to(x.dtype))
+    n = x.shape[2] * x.shape[3]
+    mean = x.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / n
+    m = mean.to(x.dtype)
+    d = x - m  # centred in x's dtype; the rounding of m is corrected for in var and in the shift
+    var = (torch.linalg.vector_norm(d, dim=(2, 3), keepdim=True, dtype=torch.float32) ** 2 / n
+           - (mean - m.float()) ** 2).clamp_min(0)
+    a = torch.rsqrt(var + eps)
+    if scale is not None:
+        a = a * scale.float()
+    b = (m.float() - mean) * a
+    if shift is not None:
+        b = b + shift.float()
+    return torch.addcmul(b.to(x.dtype), d, a.to(x.dtype))
 
 
 class InstanceNorm(nn.Module):
@@ -117,7 +147,7 @@ class InstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return instance_normalize(x) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return instance_normalize(x, self.weight.view(1, -1, 1, 1), self.bias.view(1, -1, 1, 1))
 
 
 class AdaIN(nn.Module):
@@ -137,7 +167,7 @@ class AdaIN(nn.Module):
 
     def forward(self, x: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         gamma, beta = psi.unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1, 1) each
-        return instance_normalize(x) * (1 + gamma.to(x.dtype)) + beta.to(x.dtype)
+        return instance_normalize(x, 1 + gamma, beta)
 
 
 class _NoNorm(nn.Module):
@@ -272,6 +302,74 @@ class SelfAttention(nn.Module):
         q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C/8)
         k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C/8)
         v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # The CPU's fused (flash) kernel needs one head width and a contiguous last dimension; its bf16
+            # fallback (bmm + softmax on the N x N matrix) was the slowest op of a bf16 frame. Zero columns
+            # leave fᵀg unchanged.
+            pad = v.shape[-1] - q.shape[-1]
+            q, k, v = F.pad(q, (0, pad)), F.pad(k, (0, pad)), v.contiguous()
         o = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C)
         o = o.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.gamma.to(o.dtype) * o
+
+
+# --- widths and the downsampling trunk of E and D -----------------------------------------------------
+
+
+def model_config(cfg: ModelConfig | Config) -> ModelConfig:
+    """The networks take the `model` section; a whole `Config` is accepted too."""
+    return cfg.model if isinstance(cfg, Config) else cfg
+
+
+def width(cfg: ModelConfig, res: int) -> int:
+    """Channels of the feature maps at spatial size `res` (shared by E, G and D).
+
+    The paper doubles the width each time the resolution halves, from 64 channels at 128x128 to a cap
+    of 512 (sec. 3.4): width(res) = min(max_channels, base_channels · image_size / (2·res)). The full
+    resolution (G's last block) gets base_channels.
+    """
+    return min(cfg.max_channels, cfg.base_channels * max(cfg.image_size // (2 * res), 1))
+
+
+def trunk_resolutions(cfg: ModelConfig) -> list[int]:
+    """Output sizes of the trunk's downsampling blocks: image_size/2, /4, ..., 4."""
+    out, res = [], cfg.image_size // 2
+    while res >= 4:
+        out.append(res)
+        res //= 2
+    return out
+
+
+def global_pool(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): global sum pooling (paper; both re-implementations) or mean pooling."""
+    return h.sum(dim=(2, 3)) if kind == "sum" else h.mean(dim=(2, 3))
+
+
+class DownTrunk(nn.Module):
+    """The residual downsampling trunk shared in design (not in weights) by E and D.
+
+    in: (B, 6, S, S) -> list of every block's output, the last one (B, width(4), 4, 4).
+    Self-attention follows the block whose output is image_size / 8 (32x32 at 256 px, sec. 3.4).
+    """
+
+    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.attn_after = -1
+        c = in_channels
+        for j, res in enumerate(trunk_resolutions(cfg)):
+            self.blocks.append(ResBlockDown(c, width(cfg, res), sn=cfg.spectral_norm, preactivate=j > 0))
+            c = width(cfg, res)
+            if cfg.attention and res == max(cfg.image_size // 8, 4):
+                self.attn_after = j
+                self.attn = SelfAttention(c, sn=cfg.spectral_norm)
+        self.out_channels = c
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for j, block in enumerate(self.blocks):
+            h = block(h)
+            if j == self.attn_after:
+                h = self.attn(h)
+            feats.append(h)
+        return feats

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkh.config import Config, ModelConfig
-from tkh.models.blocks import ResBlockDown, linear
-from tkh.models.embedder import DownTrunk, global_pool, model_config
+from tkh.models.blocks import DownTrunk, ResBlockDown, global_pool, linear, model_config
 
 
 class Discriminator(nn.Module):

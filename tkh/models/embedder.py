@@ -18,66 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkh.config import Config, ModelConfig
-from tkh.models.blocks import ResBlockDown, SelfAttention, linear
-
-
-def model_config(cfg: ModelConfig | Config) -> ModelConfig:
-    """The networks take the `model` section; a whole `Config` is accepted too."""
-    return cfg.model if isinstance(cfg, Config) else cfg
-
-
-def width(cfg: ModelConfig, res: int) -> int:
-    """Channels of the feature maps at spatial size `res` (shared by E, G and D).
-
-    The paper doubles the width each time the resolution halves, from 64 channels at 128x128 to a cap
-    of 512 (sec. 3.4): width(res) = min(max_channels, base_channels · image_size / (2·res)). The full
-    resolution (G's last block) gets base_channels.
-    """
-    return min(cfg.max_channels, cfg.base_channels * max(cfg.image_size // (2 * res), 1))
-
-
-def trunk_resolutions(cfg: ModelConfig) -> list[int]:
-    """Output sizes of the trunk's downsampling blocks: image_size/2, /4, ..., 4."""
-    out, res = [], cfg.image_size // 2
-    while res >= 4:
-        out.append(res)
-        res //= 2
-    return out
-
-
-def global_pool(h: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C): global sum pooling (paper; both re-implementations) or mean pooling."""
-    return h.sum(dim=(2, 3)) if kind == "sum" else h.mean(dim=(2, 3))
-
-
-class DownTrunk(nn.Module):
-    """The residual downsampling trunk shared in design (not in weights) by E and D.
-
-    in: (B, 6, S, S) -> list of every block's output, the last one (B, width(4), 4, 4).
-    Self-attention follows the block whose output is image_size / 8 (32x32 at 256 px, sec. 3.4).
-    """
-
-    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList()
-        self.attn_after = -1
-        c = in_channels
-        for j, res in enumerate(trunk_resolutions(cfg)):
-            self.blocks.append(ResBlockDown(c, width(cfg, res), sn=cfg.spectral_norm, preactivate=j > 0))
-            c = width(cfg, res)
-            if cfg.attention and res == max(cfg.image_size // 8, 4):
-                self.attn_after = j
-                self.attn = SelfAttention(c, sn=cfg.spectral_norm)
-        self.out_channels = c
-
-    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for j, block in enumerate(self.blocks):
-            h = block(h)
-            if j == self.attn_after:
-                h = self.attn(h)
-            feats.append(h)
-        return feats
+from tkh.models.blocks import DownTrunk, global_pool, linear, model_config
 
 
 class Embedder(nn.Module):

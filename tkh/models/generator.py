@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkh.config import Config, ModelConfig
-from tkh.models.blocks import AdaIN, ResBlock, ResBlockDown, ResBlockUp, SelfAttention, conv
-from tkh.models.embedder import model_config, width
+from tkh.models.blocks import AdaIN, ResBlock, ResBlockDown, ResBlockUp, SelfAttention, conv, model_config, width
 
 
 class Generator(nn.Module):

@@ -9,9 +9,13 @@
 or ``tkh train --config configs/small.yaml --data CACHE --out runs/small [--steps N] [--resume]``, and
 ``torchrun --nproc_per_node G -m tkh.cli train ...`` for several GPUs.
 
-- `tkh.train.loop`: `train`, the phases (`make_phases`, `MetaStep`), callbacks and results.
+- `tkh.train.loop`: `train` (batch -> step -> log -> checkpoint), callbacks and results.
+- `tkh.train.step`: the adversarial step as phases (`make_phases`, `run_step`), shared with fine-tuning.
+- `tkh.train.objectives`: what the phases minimise: `MetaStep` (sec. 3.2), `FineTuneStep` (sec. 3.3).
+- `tkh.train.setup`: everything built before the first step; `tkh.train.rundir`: the run folder's files.
+- `tkh.train.batches`: resumable batches of episodes; `tkh.train.signals`: SIGTERM / Ctrl-C stops.
 - `tkh.train.checkpoint`: atomic checkpoints (safetensors weights + weights_only-loadable state), resume.
-- `tkh.train.logging`: log.csv, TensorBoard (optional), sample grids, `plot_losses`.
+- `tkh.train.logging`: log.csv, TensorBoard (optional), `plot_losses`; `tkh.train.samples`: sample grids.
 - `tkh.train.distributed`: torchrun / DDP setup, and why D's per-video W needs no special handling.
 """
 
@@ -20,8 +24,9 @@ from __future__ import annotations
 import argparse
 
 from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
-from tkh.train.logging import plot_losses, read_log, sample_grid
+from tkh.train.logging import plot_losses, read_log
 from tkh.train.loop import Callbacks, MetaStep, Phase, StepInfo, TrainResult, make_phases, train
+from tkh.train.samples import sample_grid
 
 __all__ = [
     "Callbacks", "MetaStep", "Phase", "StepInfo", "TrainResult", "TrainState", "latest_checkpoint",
@@ -58,7 +63,12 @@ def train_from_cli(args: argparse.Namespace) -> TrainResult:
         overrides["device"] = args.device
     if overrides:
         cfg = cfg.replace(train=overrides)
-    result = train(cfg, args.data, args.out, resume=bool(getattr(args, "resume", False)))
-    print(f"tkh train: stopped ({result.stopped}) at step {result.step} after {result.steps_run} steps in "
-          f"{result.seconds:.0f} s; checkpoint {result.checkpoint}; log {result.log}")
+    resume = bool(getattr(args, "resume", False))
+    result = train(cfg, args.data, args.out, resume=resume)
+    if resume and result.steps_run == 0 and result.step >= cfg.train.steps:
+        print(f"tkh train: nothing to do, the run is already complete at step {result.step} (train.steps "
+              f"{cfg.train.steps}); checkpoint {result.checkpoint}; pass a larger --steps to continue it")
+    else:
+        print(f"tkh train: stopped ({result.stopped}) at step {result.step} after {result.steps_run} steps in "
+              f"{result.seconds:.0f} s; checkpoint {result.checkpoint}; log {result.log}")
     return result

@@ -13,14 +13,14 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-__all__ = ["CsvLog", "TensorBoard", "sample_grid", "plot_losses", "read_log"]
+__all__ = ["CsvLog", "StepLog", "TensorBoard", "plot_losses", "read_log"]
 
 FIXED = ["step", "epoch", "time", "it_s", "nonfinite"]
 
@@ -92,21 +92,55 @@ class TensorBoard:
             self.writer.close()
 
 
-def _to_uint8(t: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    return ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+class StepLog:
+    """Rank 0's per-step bookkeeping: a log.csv row (and TensorBoard scalars) averaging the good steps since
+    the last row every `log_every` steps, and the tqdm bar with the latest losses. Disabled on other ranks."""
 
+    def __init__(self, run_dir: Path, tc: Any, start_step: int, resume: bool, enabled: bool) -> None:
+        self.enabled, self.every, self.total = enabled, tc.log_every, tc.steps
+        self.csv = CsvLog(run_dir / "log.csv", resume_step=start_step if resume else None) if enabled else None
+        self.tb = TensorBoard(run_dir / "tb", enabled=tc.tensorboard and enabled)
+        self.bar = None
+        if enabled and tc.progress:
+            from tqdm.auto import tqdm
 
-def sample_grid(target_landmarks: torch.Tensor, target: torch.Tensor, fake: torch.Tensor,
-                frames: torch.Tensor | None = None) -> np.ndarray:
-    """One row per episode: [first of the K frames |] landmarks y_t | target x_t | generated x̂ = G(y_t, ê).
+            self.bar = tqdm(total=tc.steps, initial=start_step, desc="meta-learning", unit="step", dynamic_ncols=True)
+        self.window: dict[str, list[float]] = {}
+        self.t0, self.steps, self.bad, self.it_s = time.perf_counter(), 0, 0, 0.0
 
-    Tensors (B, 3, H, W) in [-1, 1] (frames: (B, K, 3, H, W)) -> uint8 (B·H, C·W, 3).
-    """
-    cols = [] if frames is None else [_to_uint8(frames[:, 0])]
-    cols += [_to_uint8(target_landmarks), _to_uint8(target), _to_uint8(fake)]
-    rows = [np.concatenate([c[i] for c in cols], axis=1) for i in range(len(cols[0]))]
-    return np.concatenate(rows, axis=0)
+    def say(self, line: str) -> None:
+        """A line above the progress bar (or printed, without one)."""
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(line)
+
+    def step(self, step: int, epoch: int, elapsed: float, ok: bool, parts: Mapping[str, float]) -> float:
+        """Account for one step; returns steps per second over the last logged window."""
+        self.steps += 1
+        self.bad += 0 if ok else 1
+        if ok:
+            for k, v in parts.items():
+                self.window.setdefault(k, []).append(v)
+        if not self.enabled:
+            return self.it_s
+        now = time.perf_counter()
+        if self.steps >= self.every or step >= self.total:
+            self.it_s = self.steps / max(now - self.t0, 1e-9)
+            row = {"step": step, "epoch": epoch, "time": round(elapsed, 3), "it_s": round(self.it_s, 4),
+                   "nonfinite": self.bad, **{k: float(np.mean(v)) for k, v in self.window.items()}}
+            self.csv.write(row)
+            self.tb.scalars(row, step)
+            self.window, self.t0, self.steps, self.bad = {}, now, 0, 0
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(G=f"{parts.get('G_total', float('nan')):.3g}",
+                                 D=f"{parts.get('D_total', float('nan')):.3g}",
+                                 rec=f"{parts.get('G_rec_l1', float('nan')):.3f}", refresh=False)
+        return self.it_s
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.tb.close()
 
 
 def plot_losses(run_dir: str | os.PathLike, smooth: int = 0):
