@@ -110,6 +110,23 @@ def test_the_puppeteer_export_on_a_full_disk(puppet, tmp_path, monkeypatch):  # 
         assert info.value.errno == errno.ENOSPC and leftovers(disk) == []
 
 
+def test_the_puppeteer_apps_export_says_disk_full_in_the_cli_words(puppet, tmp_path, monkeypatch):  # noqa: F811
+    """The app's status line reads like `tkh finetune`'s one-line error, not a raw '[Errno 28] …'."""
+    pytest.importorskip("ipywidgets")
+    from tkh.widgets import PuppetApp
+
+    app = PuppetApp(puppet, display_size=96)
+    try:
+        app.record_button.value = True
+        app.set_controls(jaw_open=0.5)
+        with full_disk(tmp_path / "disk", monkeypatch) as disk:
+            assert app.export(disk / "take.mp4") is None
+            assert app.status.value.startswith("export failed: disk full writing") and "Errno" not in app.status.value
+            assert leftovers(disk) == []
+    finally:
+        app.close()
+
+
 def test_a_figure_on_a_full_disk(grace_hopper, tmp_path, monkeypatch):
     from tkh.figures import blind_grid
 
@@ -118,4 +135,4 @@ def test_a_figure_on_a_full_disk(grace_hopper, tmp_path, monkeypatch):
         with pytest.raises(OSError) as info:
             grid.save(disk, size=160)
         assert info.value.errno == errno.ENOSPC and "grid.png" in str(info.value.filename)
-        assert "grid.png" not in leftovers(disk)
+        assert "grid.png" not in leftovers(disk) and "answer_key.json" not in leftovers(disk)

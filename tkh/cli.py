@@ -8,9 +8,6 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import re
 import sys
 from pathlib import Path
 
@@ -245,24 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an errno
-
-
 def _os_error_message(exc: BaseException, args: argparse.Namespace) -> str | None:
     """One line for a full disk or an unwritable path (naming the file and what to do), else None."""
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None:
-        match = _RUST_OS_ERROR.search(str(exc))
-        code = int(match.group(1)) if match else None
-    where = getattr(exc, "filename", None) or getattr(args, "out", None) or "the output"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return (f"disk full writing {where}; free space (or choose another --out) and run the same command "
-                "again (finished work is kept)")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {where} ({os.strerror(code)}); choose a writable --out folder or fix its permissions"
-    if code in (errno.ENOTDIR, errno.EEXIST) and isinstance(exc, OSError):
-        return f"{where}: part of this path is a file, not a folder; choose another --out path"
-    return None
+    from tkh.errors import describe_os_error
+
+    return describe_os_error(exc, getattr(args, "out", None) or "the output")
 
 
 def main(argv: list[str] | None = None) -> int:

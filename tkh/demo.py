@@ -16,13 +16,14 @@ Every file is labelled synthetic in its metadata and carries a visible caption.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tkh.atomic import write_json
 
 __all__ = ["DEMO_SCRIPT", "contact_sheet", "demo_settings", "run_demo"]
 
@@ -158,7 +159,7 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
                "frames": res["frames"], "seconds": {"load": round(t_load, 2), "adapt": round(adapted.seconds, 2),
                                                     "animate": round(t_anim, 2), "total": round(total, 2)},
                "files": [str(x) for x in [*paths, sheet_path]]}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "demo.json", summary, indent=2)  # atomic, as every file tkh writes
     say(f"tkh demo: {res['frames']} frames in {total:.0f}s total. Wrote (labelled synthetic):")
     for f in summary["files"]:
         say(f"  {f}")

@@ -45,3 +45,27 @@ class WeightsUnavailableError(TkhError, FileNotFoundError):
 
 class NonFiniteLossError(TkhError, FloatingPointError):
     """A loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def describe_os_error(exc: BaseException, where: object = "the output") -> str | None:
+    """One line for a full disk or an unwritable path, naming the file and what to do; None for other errors.
+
+    Shared by the command line (which adds nothing) and the puppeteer app's status line, so a user reads the
+    same words wherever a write fails. Recognises errno values from Python and from safetensors (Rust)."""
+    import errno
+    import os
+    import re
+
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        match = re.search(r"os error (\d+)", str(exc))  # how safetensors (Rust) reports an errno
+        code = int(match.group(1)) if match else None
+    where = getattr(exc, "filename", None) or where
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full writing {where}; free space (or choose another --out) and run the same command "
+                "again (finished work is kept)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where} ({os.strerror(code)}); choose a writable --out folder or fix its permissions"
+    if code in (errno.ENOTDIR, errno.EEXIST) and isinstance(exc, OSError):
+        return f"{where}: part of this path is a file, not a folder; choose another --out path"
+    return None

@@ -17,7 +17,6 @@ shows one by leaving it as a cell's last expression, a script saves it with `fig
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from collections.abc import Mapping, Sequence
@@ -163,9 +162,11 @@ class BlindGrid:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         png = write_image(folder / "grid.png", self.image(size), model=model)
-        key = folder / "answer_key.json"
-        key.write_text(json.dumps({"seed": self.seed, "rows_top_to_bottom": self.identities,
-                                   "columns_left_to_right": self.letters, "key": self.key()}, indent=2) + "\n")
+        from tkh.atomic import write_json
+
+        key = write_json(folder / "answer_key.json", {"seed": self.seed, "rows_top_to_bottom": self.identities,
+                                                      "columns_left_to_right": self.letters, "key": self.key()},
+                         indent=2)
         return png, key
 
 

@@ -212,7 +212,9 @@ class PuppetApp:
             with self._engine_lock:  # no slider frame while exporting
                 out = self.puppet.export(path, fps=fps)
         except Exception as exc:  # shown in the UI; the notebook keeps running
-            self.status.value = f"export failed: {exc}"
+            from tkh.errors import describe_os_error
+
+            self.status.value = f"export failed: {describe_os_error(exc, path) or exc}"
             return None
         n = len(getattr(self.puppet, "recording", []) or [])
         self.status.value = f"saved {out} ({n} recorded frames)"
