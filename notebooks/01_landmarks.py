@@ -70,6 +70,24 @@ plt.axis("off")
 plt.show()
 
 # %% [markdown]
+# ### When no detector finds the face: give its box
+#
+# Offline, `detect` tries dlib's detectors in turn (HOG at the image's scale, upsampled 2x and 4x, then its CNN
+# detector, upright and turned a quarter) and `find_faces` says which one found the face. Some paintings defeat
+# them all (the brushstrokes across Van Gogh's face in his *Self-Portrait with Straw Hat* do). Then give the face
+# by hand: `box=(x, y, w, h)`, its left, top, width and height in pixels from the brows to the chin
+# (`tkh landmarks PAINTING.jpg --box X,Y,W,H`). With several faces, `face=N` picks the N-th largest; the warning
+# lists their boxes.
+
+# %%
+found = lm.find_faces(photo, backend=BACKEND)
+print(found.summary(), "| stages tried:", found.tried, "| boxes (x, y, w, h):", found.boxes().tolist())
+x, y, w, h = found.faces[0].box
+by_hand = lm.detect(photo, backend=BACKEND, box=(x + 8, y - 8, w, h))  # a box drawn by hand, a little off
+print(f"with box=: {np.linalg.norm(by_hand - points, axis=1).mean():.1f} px from the detected points on average; "
+      f"plausible: {lm.plausible(by_hand, (x + 8, y - 8, w, h))}")
+
+# %% [markdown]
 # ## 2 · The face crop (the same at training and at inference)
 #
 # A square box around the landmarks with a margin, moved up a little to keep the forehead, resized to `SIZE`.
