@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NO_GPU = "not measured: no GPU in this session"
 _LOAD_AT_START: list[float] | None = None
+_PORTRAIT_LANDMARKS: Path | None = None
 
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout without installing tkh
     sys.path.insert(0, str(ROOT))
@@ -42,13 +43,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None,
                    help="output JSON (default benchmarks/results/<name>-<device>.json)")
+    p.add_argument("--portrait-landmarks", type=Path, default=None,
+                   help="the portrait's 68 landmarks (.npy), found beforehand where dlib's landmark model is "
+                        "(a GPU machine without it: tools/gpu_prepare.py)")
     return p
 
 
 def setup(args: argparse.Namespace) -> torch.device:
     """Pick the device and CPU threads; returns the device. Notes the load average at the start."""
-    global _LOAD_AT_START
+    global _LOAD_AT_START, _PORTRAIT_LANDMARKS
     _LOAD_AT_START = _loadavg()
+    _PORTRAIT_LANDMARKS = getattr(args, "portrait_landmarks", None)
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.device
@@ -226,6 +231,13 @@ def grace_hopper() -> Any:
     from tkh.media import load_image
 
     return load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))
+
+
+def portrait_landmarks() -> list[Any] | None:
+    """`adapt(..., landmarks=)` for the portrait: --portrait-landmarks when given, else None (detected)."""
+    import numpy as np
+
+    return None if _PORTRAIT_LANDMARKS is None else [np.load(_PORTRAIT_LANDMARKS)]
 
 
 def random_model(config: str, device: torch.device, num_videos: int = 0, seed: int = 0):

@@ -29,7 +29,8 @@ def run(config: str, device: torch.device, steps: int, portrait) -> dict[str, An
     def timed(mode: str, n: int):
         C.sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        ad = adapt(model, [portrait], mode=mode, steps=n, progress=False, device=device, backend="dlib")
+        ad = adapt(model, [portrait], mode=mode, steps=n, progress=False, device=device, backend="dlib",
+                   landmarks=C.portrait_landmarks())
         C.sync(device)
         return time.perf_counter() - t0, time.process_time() - c0, ad
 

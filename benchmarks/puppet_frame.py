@@ -34,7 +34,8 @@ def build(config: str, device: torch.device):
     from tkh.puppet import Puppet
 
     model = C.random_model(config, torch.device("cpu"))
-    adapted = adapt(model, [C.grace_hopper()], mode="ff", progress=False, backend="dlib")
+    adapted = adapt(model, [C.grace_hopper()], mode="ff", progress=False, backend="dlib",
+                    landmarks=C.portrait_landmarks())
     return adapted, Puppet(adapted, device=device, warmup=False)
 
 

@@ -36,8 +36,12 @@ METRICS = ("ssim", "psnr", "lpips", "csim", "identity_distance", "same_person_fr
            "palette_fraction", "palette_fraction_real")
 
 
-def evaluate_heldout(model, clips: list[Path], ft_steps: int, backend: str) -> tuple[dict, dict]:
-    """metrics[clip][f"{mode}-{shots}"] and the frames for the figure."""
+def evaluate_heldout(model, clips: list[Path], ft_steps: int, backend: str, device: str = "cpu",
+                     inputs: dict[str, dict] | None = None, skip: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """metrics[clip][f"{mode}-{shots}"] and the frames for the figure.
+
+    inputs: per clip stem, the `frames` and `track` that `evaluate_self` takes instead of decoding the clip (a
+    machine without the clips or ffmpeg: tools/gpu_session.py); skip: metric groups to leave out (evaluate_self)."""
     from tkh.evaluate import evaluate_self
 
     metrics, frames = {}, {}
@@ -46,7 +50,8 @@ def evaluate_heldout(model, clips: list[Path], ft_steps: int, backend: str) -> t
         for mode, shots in CELLS:
             t0 = time.perf_counter()
             res = evaluate_self(model, clip, shots=shots, mode=mode, steps=ft_steps if mode == "ft" else None,
-                                n_eval=8, device="cpu", backend=backend, return_frames=True)
+                                n_eval=8, device=device, backend=backend, return_frames=True, skip=skip,
+                                **(inputs or {}).get(clip.stem, {}))
             frames[clip.stem]["real"] = res.pop("_real")
             frames[clip.stem][f"{mode}-{shots}"] = res.pop("_frames")
             res.pop("_adapted")

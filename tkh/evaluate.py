@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,8 @@ def _pick(valid_idx: np.ndarray, shots: int, n_eval: int) -> tuple[np.ndarray, n
 def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", steps: int | None = None,
                   max_frames: int | None = 120, n_eval: int = 16, device: str | torch.device | None = None,
                   backend: str = "auto", progress: bool = False, return_frames: bool = False,
-                  track: Any = None, min_face_fraction: float = MIN_FACE_FRACTION) -> dict[str, Any]:
+                  track: Any = None, min_face_fraction: float = MIN_FACE_FRACTION,
+                  frames: Mapping[int, np.ndarray] | None = None, skip: Collection[str] = ()) -> dict[str, Any]:
     """Self-reenactment: adapt on `shots` frames of `video`, reconstruct `n_eval` held-out frames (sec. 4).
 
     Adds SSIM and PSNR (generated vs real crops, `tkh.metrics`), CSIM real vs generated and landmark
@@ -175,6 +176,11 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     track: the video's landmarks, `tkh.landmarks.detect_video(video, max_frames=...)` or a
     `tkh.animate.load_driver(video)` Track, to reuse one detection across several calls (e.g. 1, 8, 32
     shots, FF and FT); detected here when None.
+    frames: the video's frames by index (at least the adaptation and held-out ones, in `track`'s pixels),
+    instead of decoding `video` (frames carried to a machine without ffmpeg: tools/gpu_prepare.py).
+    skip: metric groups to leave out (None in the result) where their networks are missing, to compute later
+    from the returned frames: "identity" (CSIM, identity distance, same-person fraction: dlib), "landmarks"
+    (landmark error and detected fraction: a landmark detector on the generated frames), "lpips" (VGG16).
     """
     from tkh.adapt import adapt
     from tkh.landmarks import crop, detect_video
@@ -191,7 +197,10 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     track, valid = np.asarray(vl.landmarks), cov.detected
     adapt_idx, eval_idx = _pick(np.flatnonzero(valid), shots, n_eval)
     need = set(adapt_idx.tolist()) | set(eval_idx.tolist())
-    frames = {i: f for i, f in enumerate(iter_video(video, max_frames=int(max(need)) + 1)) if i in need}
+    if frames is None:
+        frames = {i: f for i, f in enumerate(iter_video(video, max_frames=int(max(need)) + 1)) if i in need}
+    elif not need <= set(frames):
+        raise BadInputError(f"{video}: frames {sorted(need - set(frames))} are needed but not given")
     adapted = adapt(model, [frames[i] for i in adapt_idx], mode=mode, steps=steps, device=device,
                     progress=progress, landmarks=[track[i] for i in adapt_idx])
     size = adapted.image_size
@@ -206,19 +215,24 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     render_s = time.perf_counter() - t1
     dev = str(adapted.device)
 
-    source = _identity(adapted.crops[:1], adapted.crop_landmarks[:1], dev)[0]  # the adaptation image's person
+    identity, landmarks = "identity" not in skip, "landmarks" not in skip
+    source = _identity(adapted.crops[:1], adapted.crop_landmarks[:1], dev)[0] if identity else None
 
     def metrics(r: np.ndarray, g: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e = _identity(g, lm, dev)
-        return (np.atleast_1d(csim(_identity(r, lm, dev), e)), np.atleast_1d(identity_distance(source, e)),
-                detect_generated(g, backend))
+        none = np.full(len(g), np.nan)
+        e = _identity(g, lm, dev) if identity else None
+        return (np.atleast_1d(csim(_identity(r, lm, dev), e)) if identity else none,
+                np.atleast_1d(identity_distance(source, e)) if identity else none,
+                detect_generated(g, backend) if landmarks else np.full((len(g), 68, 2), np.nan, np.float32))
 
     sims, dists, found = _chunked(metrics, (real, gen, lms), "metrics", progress)
     err = np.atleast_1d(landmark_error(found, lms))
     try:
-        perceptual = {"lpips": float(np.mean(lpips(real, gen, device=dev)))}
+        perceptual = {"lpips": None if "lpips" in skip else float(np.mean(lpips(real, gen, device=dev)))}
     except WeightsUnavailableError:  # VGG16 not fetched (`tkh fetch vgg16`): the other metrics still count
         perceptual = {"lpips": None}
+    left_out = {**({} if identity else {"identity_distance": None, "same_person_fraction": None}),
+                **({} if landmarks else {"detected_fraction": None})}
     out = _summary(model, adapted, protocol="self", shots=int(len(adapt_idx)), video=str(video),
                    driver_faces=cov.as_dict(),
                    adapt_frames=adapt_idx.tolist(), eval_frames=eval_idx.tolist(), frames=int(len(gen)),
@@ -228,6 +242,7 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
                    palette_fraction_real=_nanmean(palette_fraction(real, lms)), landmark_error=_nanmean(err),
                    detected_fraction=float(np.isfinite(err).mean()), render_seconds=round(render_s, 3),
                    seconds=round(time.perf_counter() - t0, 3))
+    out.update(left_out, **({"skipped_metrics": sorted(skip)} if skip else {}))
     if return_frames:
         out["_real"], out["_frames"], out["_adapted"] = real, gen, adapted
     return out
