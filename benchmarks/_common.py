@@ -100,6 +100,44 @@ def timeit(fn: Callable[[int], Any], device: torch.device, warmup: int = 3, iter
     return {**summarize(times), "cpu_median_ms": statistics.median(cpu)}
 
 
+def timeit_interleaved(fns: dict[str, Callable[[int], Any]], device: torch.device, warmup: int = 3, iters: int = 10,
+                       max_seconds: float | None = None) -> dict[str, dict[str, float]]:
+    """`timeit` for several variants side by side: each round calls every variant once, so a machine that
+    gets busier or quieter during the run affects them alike. Returns {name: timeit's dict}."""
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for i in range(iters):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(warmup + i)
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1000)
+            cpu[name].append((time.process_time() - c0) * 1000)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return {k: {**summarize(times[k]), "cpu_median_ms": statistics.median(cpu[k]), "cpu_min_ms": min(cpu[k])}
+            for k in fns}
+
+
+def add_speedup(rows: list[dict[str, Any]], config: str, base_variant: str, key: str) -> None:
+    """rows of `config` get "speedup" = their `key` over the `base_variant` row's (for a rate, like images/s;
+    a key ending in _ms is a time, so the ratio is inverted), and "cpu_speedup" from cpu_min_ms (with one
+    thread, the CPU time of the least-disturbed call estimates the time on an idle core)."""
+    mine = [r for r in rows if r.get("config") == config and key in r]
+    base = next((r for r in mine if r.get("variant") == base_variant), None)
+    if base is None:
+        return
+    for r in mine:
+        r["speedup"] = base[key] / r[key] if key.endswith("_ms") else r[key] / base[key]
+        if r.get("cpu_min_ms") and base.get("cpu_min_ms"):  # the least-disturbed call of each: a busy machine
+            r["cpu_speedup"] = base["cpu_min_ms"] / r["cpu_min_ms"]
+
+
 def summarize(times_ms: Sequence[float]) -> dict[str, float]:
     t = sorted(times_ms)
     p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
@@ -179,6 +217,10 @@ def machine(device: torch.device) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
+    if device.type == "cpu":  # what bf16 / channels_last speed depends on (tkh.precision decides from it)
+        from tkh import precision
+
+        info["cpu_precision"] = precision.env_summary()
     # Other processes on the machine make CPU numbers noisy: the load at the start and end says how much.
     info["load_average_1_5_15_at_start"] = _LOAD_AT_START
     info["load_average_1_5_15"] = _loadavg()

@@ -1,15 +1,16 @@
-"""Puppeteer frame latency: landmarks -> rendered frame (batch 1), eager float32 vs the fast path (issue 9).
+"""Puppeteer frame latency: landmarks -> rendered frame (batch 1), eager float32 vs the engine's precisions.
 
 One frame = edit the portrait's landmarks (`tkh.landmarks.edit`, jaw opening varies every frame) ->
 rasterize y -> G(y; ψ) -> uint8 (S, S, 3) on the host: exactly what a slider move in `tkh.puppet` costs.
 
-Variants (same adapted portrait, same frames):
+Variants (same adapted portrait, same frames, timed in turns frame by frame so a busy machine slows
+them alike):
 - eager-fp32: the meta-trained G as it is (spectral norm re-normalises its weights on every call),
   `torch.no_grad`, float32, default memory format. The baseline.
-- engine: `tkh.puppet.Puppet` (spectral norm folded into plain weights once, `torch.inference_mode`;
-  on CUDA also bf16 autocast + channels_last).
-- engine+channels_last (CPU), engine+compile (`torch.compile`), engine+cudagraphs (CUDA:
-  `torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs).
+- engine fp32 / bf16 / bf16+channels_last / auto: `tkh.puppet.Puppet` (spectral norm folded into plain
+  weights once, `torch.inference_mode`) with `tkh.precision` policies amp/channels_last = off/off,
+  bf16/off, bf16/on and auto/auto (what the puppeteer picks on this machine; the verdict is in the row).
+- engine+compile (`torch.compile`), engine+cudagraphs (CUDA: `torch.compile(mode="reduce-overhead")`).
 
 Targets: small config (128 px) <= 500 ms on 2 CPU cores; paper-256 (256 px) <= 5 ms on an H100.
 Weights are random (speed does not depend on their values); the portrait is adapted FF with dlib landmarks.
@@ -39,56 +40,48 @@ def build(config: str, device: torch.device):
     return adapted, Puppet(adapted, device=device, warmup=False)
 
 
-def frame_fn(G, psi: torch.Tensor, neutral: np.ndarray, size: int, device: torch.device, bf16: bool,
-             channels_last: bool, no_grad_only: bool = False):
-    """fn(i) -> uint8 frame: edit -> rasterize -> G.render(y, ψ) -> host uint8."""
+def frame_fn(G, psi: torch.Tensor, neutral: np.ndarray, size: int, device: torch.device):
+    """fn(i) -> uint8 frame: edit -> rasterize -> G.render(y, ψ) -> host uint8, eager float32 (the baseline)."""
     from tkh.landmarks import edit, rasterize
+    from tkh.tensors import to_tensor, to_uint8
 
     psi = psi.detach().to(device, torch.float32).reshape(1, -1)
-    grad_ctx = torch.no_grad if no_grad_only else torch.inference_mode
 
     def fn(i: int) -> np.ndarray:
-        lms = edit(neutral, jaw_open=(i % 10) / 10)
-        y = torch.from_numpy(rasterize(lms, size)).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with grad_ctx(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if channels_last:
-                y = y.contiguous(memory_format=torch.channels_last)
-            x = G(y, psi)
-            img = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
-        return img.cpu().numpy()
+        y = to_tensor(rasterize(edit(neutral, jaw_open=(i % 10) / 10), size), batch=True, device=device)
+        with torch.no_grad():
+            return to_uint8(G(y, psi)[0])
 
     return fn
+
+
+ENGINE = {"engine fp32": ("off", "off"), "engine bf16": ("bf16", "off"), "engine bf16+channels_last": ("bf16", "on"),
+          "engine auto": ("auto", "auto")}
 
 
 def variants(adapted, puppet, device: torch.device, want_compile: bool) -> list[tuple[str, Any, str]]:
     """(name, fn, note) for each variant that applies to this device."""
     import copy
 
+    from tkh.puppet import Puppet
+
     cuda = device.type == "cuda"
-    size, neutral = puppet.size, puppet.neutral
     base_G = copy.deepcopy(adapted.G).to(device).eval()
-    out = [("eager-fp32", frame_fn(base_G.render, adapted.psi, neutral, size, device, False, False, True),
+    out = [("eager-fp32", frame_fn(base_G.render, adapted.psi, puppet.neutral, puppet.size, device),
             "G as trained (spectral norm live), no_grad, fp32")]
-    G = puppet.G  # SN folded, eval, no grad state
-    if cuda:
-        out.append(("engine (bf16+channels_last)", frame_fn(G.render, puppet.psi, neutral, size, device, True, True),
-                    "tkh.puppet defaults on CUDA"))
-        if want_compile:
-            cg = torch.compile(G.render, dynamic=False)
-            out.append(("engine+compile", frame_fn(cg, puppet.psi, neutral, size, device, True, True), "inductor"))
-            rg = torch.compile(G.render, mode="reduce-overhead", dynamic=False)
-            out.append(("engine+cudagraphs", frame_fn(rg, puppet.psi, neutral, size, device, True, True),
-                        "torch.compile mode=reduce-overhead"))
-        return out
-    out.append(("engine (fp32)", frame_fn(G.render, puppet.psi, neutral, size, device, False, False),
-                "tkh.puppet on CPU: SN folded, inference_mode"))
-    G_cl = copy.deepcopy(G).to(memory_format=torch.channels_last)
-    out.append(("engine+channels_last", frame_fn(G_cl.render, puppet.psi, neutral, size, device, False, True), ""))
-    out.append(("engine+bf16", frame_fn(G.render, puppet.psi, neutral, size, device, True, False),
-                "bf16 autocast on CPU"))
+    for name, (amp, cl) in ENGINE.items():
+        engine = Puppet(adapted, device=device, amp=amp, channels_last=cl, warmup=False)
+        out.append((name, lambda i, e=engine: e.render(jaw_open=(i % 10) / 10), engine.precision.describe()))
     if want_compile:
-        cg = torch.compile(G.render, dynamic=False)
-        out.append(("engine+compile", frame_fn(cg, puppet.psi, neutral, size, device, False, False), "inductor"))
+        engine = Puppet(adapted, device=device, compile=True, warmup=False)
+        if not cuda:
+            engine._render_fn = torch.compile(engine.G.render, dynamic=False)
+        out.append(("engine+compile", lambda i, e=engine: e.render(jaw_open=(i % 10) / 10), "inductor"))
+        if cuda:
+            graphs = Puppet(adapted, device=device, warmup=False)
+            graphs._render_fn = torch.compile(graphs.G.render, mode="reduce-overhead", dynamic=False)
+            out.append(("engine+cudagraphs", lambda i, e=graphs: e.render(jaw_open=(i % 10) / 10),
+                        "torch.compile mode=reduce-overhead"))
     return out
 
 
@@ -100,34 +93,30 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = C.setup(args)
     cuda = device.type == "cuda"
-    configs = args.configs or (["tiny"] if args.dry_run else ["tiny", "small"] + (["paper-256"] if cuda else []))
+    configs = args.configs or (["tiny"] if args.dry_run else ["tiny", "small", "paper-256"])
     iters = args.iters or (2 if args.dry_run else 5 if args.quick and not cuda else 10 if args.quick or not cuda else 30)
     warmup = 1 if args.dry_run else 3 if not cuda else 10
     rows: list[dict[str, Any]] = []
     for config in configs:
         adapted, puppet = build(config, device)
-        for name, fn, note in variants(adapted, puppet, device, args.compile or (cuda and not args.dry_run)):
-            # bf16 autocast on a CPU without bf16 units is ~20x slower than fp32 (why the engine stays fp32
-            # there): a few frames prove it, more would only burn the time budget.
-            slow = not cuda and "bf16" in name
-            t = C.timeit(fn, device, warmup=1 if slow else warmup + (2 if "compile" in name or "cudagraph" in name
-                                                                     else 0),
-                         iters=iters, max_seconds=10 if slow else 60 if cuda else 20)
-            target = TARGET_MS.get((device.type, config))
+        named = variants(adapted, puppet, device, args.compile or (cuda and not args.dry_run))
+        w = warmup + (2 if any("compile" in n for n, _, _ in named) else 0)
+        times = C.timeit_interleaved({n: fn for n, fn, _ in named}, device, warmup=w, iters=iters,
+                                     max_seconds=120 if cuda else 90)
+        target = TARGET_MS.get((device.type, config))
+        for name, _, note in named:
+            t = times[name]
             rows.append({"config": config, "px": puppet.size, "device": device.type, "variant": name, **t,
                          "fps": 1000 / t["median_ms"], "target_ms": target,
                          "meets_target": None if target is None else t["median_ms"] <= target, "note": note})
             print(f"  {config} {name}: median {t['median_ms']:.1f} ms over {t['n']} frames", flush=True)
-        base = next(r for r in rows if r["config"] == config and r["variant"] == "eager-fp32")
-        for r in rows:
-            if r["config"] == config:
-                r["speedup"] = base["median_ms"] / r["median_ms"]
+        C.add_speedup(rows, config, "eager-fp32", "median_ms")
     if not cuda:
         rows.append({"config": "paper-256", "px": 256, "device": "cuda", "variant": "engine (bf16+cudagraphs)",
                      "note": C.NO_GPU, "target_ms": 5.0})
     C.print_table(f"Puppeteer frame, batch 1 ({device}; median/p90 ms after warm-up)", rows,
-                  ["config", "px", "device", "variant", "median_ms", "p90_ms", "cpu_median_ms", "fps", "speedup", "target_ms",
-                   "meets_target", "note"])
+                  ["config", "px", "device", "variant", "median_ms", "p90_ms", "cpu_median_ms", "cpu_min_ms", "fps",
+                   "speedup", "cpu_speedup", "target_ms", "meets_target", "note"])
     C.write_json("puppet_frame", args, device, rows)
     return 0
 

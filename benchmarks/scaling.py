@@ -59,7 +59,8 @@ def point(config: str, device: torch.device, res: int, k: int, batch: int, fast:
     """One (resolution, K) point, measured in this process (called in a fresh subprocess)."""
     from train_throughput import make_step
 
-    step, info = make_step(config, device, batch, fast, k=k, image_size=res)
+    step, info = make_step(config, device, batch, "bf16+channels_last+compile" if fast else "fp32", k=k,
+                           image_size=res)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -152,7 +152,7 @@ def run_demo_cli(out: Path, **env_vars: str | None) -> dict:
 
 def test_tkh_demo_command_end_to_end_on_cpu(tmp_path):
     """`tkh demo` exactly as the README runs it (a fresh process, offline, 2 threads, default settings: 150 FT
-    steps within a 170 s budget, 60 frames), on the tiny fixture model in a temporary pretrained/ (TKH_PRETRAINED)."""
+    steps, a 900 s cap, 60 frames), on the tiny fixture model in a temporary pretrained/ (TKH_PRETRAINED)."""
     summary = run_demo_cli(tmp_path / "out", TKH_PRETRAINED=str(make_tiny_pretrained(tmp_path / "pretrained")))
     assert summary["model"] == "tiny-test" and summary["portrait"] == "grace-hopper" and summary["device"] == "cpu"
     assert 0 < summary["ft_steps"] <= 150 and summary["frames"] == 5 * 12

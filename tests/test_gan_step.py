@@ -120,3 +120,22 @@ def test_guard_counts_in_a_row():
     with pytest.raises(NonFiniteLossError, match="2 consecutive steps .*G_total.*advice"):
         guard.check("advice")
     assert guard.total == 3 and torch.tensor(guard.in_row) == 2
+
+
+def test_fine_tuning_reuses_the_real_images_perceptual_maps(tiny_net, grace_hopper):
+    """The T adaptation images do not change, nor do the frozen perceptual networks: FineTuneStep computes
+    their maps once per image ("index" in the batch) and the G loss is the one computed from scratch."""
+    from tkh.adapt import _perceptual, adapt, init_finetune, landmark_images
+    from tkh.tensors import to_tensor
+    from tkh.train.objectives import FineTuneStep
+
+    ff = adapt(tiny_net, [grace_hopper], mode="ff", device="cpu", progress=False)
+    G, D, psi, w, _, _ = init_finetune(tiny_net, ff.e_hat, "cpu")
+    G.eval(), D.eval()  # spectral norm's u, v stay put: both calls see the same weights
+    perceptual, loss_cfg = _perceptual(tiny_net, tiny_net.cfg.adapt, "cpu")
+    objective = FineTuneStep(G, D, psi, w, perceptual, loss_cfg)
+    b = {"target": to_tensor(ff.crops), "target_landmarks": landmark_images(ff.crop_landmarks, 64)}
+    plain, _, _ = objective("G_main", b)
+    cached = [objective("G_main", {**b, "index": torch.zeros(1, dtype=torch.long)})[0] for _ in range(2)]
+    assert len(objective._targets) == 1
+    assert all(float(c) == pytest.approx(float(plain), rel=1e-6) for c in cached)

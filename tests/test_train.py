@@ -231,9 +231,9 @@ def test_warm_start_copies_e_g_d_but_not_w_and_refuses_another_size(tiny_cache, 
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from adapt_helpers import make_tiny_pretrained
-
     from tkh import pretrained
+
+    from adapt_helpers import make_tiny_pretrained
 
     src_dir = make_tiny_pretrained(tmp_path / "pretrained", seed=3)
     source = weights(pretrained.load(str(src_dir)))

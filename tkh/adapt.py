@@ -185,6 +185,7 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
     optimizers = {"G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas),
                   "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
     perceptual, loss_cfg = _perceptual(model, cfg, device)
+    policy.prepare_frozen(perceptual)
     objective = FineTuneStep(G, D, psi, w, perceptual, loss_cfg)
     ctx = StepContext(policy, d_params, objective, device=device)  # D's θ, b and w': constants of the G phase
     phases, guard = make_phases(cfg.d_steps_per_g), NonFiniteGuard(cfg.max_nonfinite, "fine-tuning step")
@@ -198,7 +199,8 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
                           "the images less closely; raise the cap or lower adapt.steps", RuntimeWarning, stacklevel=2)
             break
         idx = torch.randperm(T, generator=gen)[:bs].to(device)
-        result = run_step(phases, objective, optimizers, {"target": x[idx], "target_landmarks": y[idx]}, ctx)
+        result = run_step(phases, objective, optimizers, {"target": x[idx], "target_landmarks": y[idx], "index": idx},
+                          ctx)
         guard.update(result.ok, result.parts, step + 1)
         guard.check("lower adapt.lr_g / adapt.lr_d or use adapt.amp=off")
         rec = {k[2:]: v for k, v in result.parts.items() if k.startswith("G_")}

@@ -90,18 +90,23 @@ def embedding_match(w_i: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
 
 
 def content_loss(
-    real: torch.Tensor, fake: torch.Tensor, extractors: Sequence[tuple[float, FeatureFn]]
+    real: torch.Tensor, fake: torch.Tensor, extractors: Sequence[tuple[float, FeatureFn]],
+    targets: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """L_CNT = Σ_nets weight · Σ_l mean|φ_l(x) − φ_l(x̂)| (sec. 3.2).
 
     real, fake: (B, 3, H, W) in [-1, 1]; extractors: (weight, feature_fn) pairs, feature_fn(x) returning
     the list of feature maps the loss compares (a single tensor is taken as a list of one).
-    The real image's features are computed without gradients.
+    The real image's features are computed without gradients, or given: targets, one list per extractor
+    (fine-tuning sees the same T images every step).
     """
     total = fake.new_zeros((), dtype=torch.float32)
-    for weight, fn in extractors:
-        with torch.no_grad():
-            target = _as_list(fn(real))
+    for j, (weight, fn) in enumerate(extractors):
+        if targets is not None:
+            target = list(targets[j])
+        else:
+            with torch.no_grad():
+                target = _as_list(fn(real))
         pred = _as_list(fn(fake))
         total = total + weight * sum(F.l1_loss(p.float(), t.float()) for p, t in zip(pred, target))
     return total
@@ -186,11 +191,19 @@ class PerceptualLoss(nn.Module):
         """(weight, feature_fn) pairs for `content_loss`."""
         return [(self.weights[n], _feature_fn(net)) for n, net in self.nets.items()]
 
-    def terms(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"cnt_<net>": weighted L1 of that network's features, ...} or {"pixel": weighted pixel L1}."""
+    @torch.no_grad()
+    def targets(self, real: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Each network's feature maps of the real images: pass them to `terms` to reuse them."""
+        return {name: _as_list(_feature_fn(net)(real)) for name, net in self.nets.items()}
+
+    def terms(self, real: torch.Tensor, fake: torch.Tensor,
+              targets: dict[str, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """{"cnt_<net>": weighted L1 of that network's features, ...} or {"pixel": weighted pixel L1}.
+        targets: `targets(real)`, computed before (None: computed here)."""
         out = {}
         for name, net in self.nets.items():
-            out[f"cnt_{name}"] = content_loss(real, fake, [(self.weights[name], _feature_fn(net))])
+            out[f"cnt_{name}"] = content_loss(real, fake, [(self.weights[name], _feature_fn(net))],
+                                              None if targets is None else [targets[name]])
         weight = self.pixel_weight if not self.nets else self.cfg.pixel_l1
         if weight:
             out["pixel"] = weight * F.l1_loss(fake.float(), real.float())
@@ -269,18 +282,20 @@ def generator_loss(
     perceptual: PerceptualLoss | None = None,
     w_i: torch.Tensor | None = None,
     e_hat: torch.Tensor | None = None,
+    real_targets: dict[str, list[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_CNT + L_ADV + L_MCH for E, G (and W via L_MCH) (sec. 3.2).
 
     real, fake: (B, 3, H, W) x and x̂ = G(y, ê); fake_score: D(x̂, y, i) (B,); real_feats, fake_feats: D's
     block outputs on (x, y) and (x̂, y); perceptual: the L_CNT networks (None: no content term, e.g. in a
-    test); w_i, e_hat: (B, N) rows W_i and embeddings ê_i for L_MCH (None during fine-tuning, sec. 3.3).
+    test); w_i, e_hat: (B, N) rows W_i and embeddings ê_i for L_MCH (None during fine-tuning, sec. 3.3);
+    real_targets: `perceptual.targets(real)` when already computed.
 
     Returns (total, parts) with parts detached for logging: cnt (+ its per-network parts), adv (−D(x̂)),
     fm (unweighted L_FM), mch (unweighted ‖W_i − ê_i‖₁, when given), total.
     """
     parts: dict[str, torch.Tensor] = {}
-    cnt_terms = perceptual.terms(real, fake) if perceptual is not None else {}
+    cnt_terms = perceptual.terms(real, fake, real_targets) if perceptual is not None else {}
     cnt = sum(cnt_terms.values()) if cnt_terms else fake.new_zeros((), dtype=torch.float32)
     adv = adv_g(fake_score)
     fm = feature_matching(real_feats, fake_feats)

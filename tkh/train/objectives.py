@@ -66,6 +66,10 @@ class GanObjective(nn.Module):
         """generator_loss's L_MCH arguments (w_i, e_hat), or none."""
         return {}
 
+    def content_targets(self, b: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]] | None:
+        """The perceptual networks' maps of the real images when known before (None: computed each step)."""
+        return None
+
     # --- the same for both -----------------------------------------------------------------------------
     def forward(self, phase: str, b: dict[str, torch.Tensor], fake: Fake | None = None):
         if phase == "D_main":
@@ -95,7 +99,7 @@ class GanObjective(nn.Module):
             _, real_feats = self.D.features(b["target"], y)
         loss, parts = generator_loss(real=b["target"], fake=x_hat, fake_score=fake_score, real_feats=real_feats,
                                      fake_feats=fake_feats, loss_cfg=self.loss_cfg, perceptual=self.perceptual,
-                                     **self.embedding_match(b, fake))
+                                     real_targets=self.content_targets(b), **self.embedding_match(b, fake))
         parts["rec_l1"] = F.l1_loss(x_hat.detach().float(), b["target"].float())
         return loss, parts, Fake(x_hat.detach())
 
@@ -119,12 +123,26 @@ class MetaStep(GanObjective):
 
 
 class FineTuneStep(GanObjective):
-    """Fine-tuning (sec. 3.3): G with its free ψ', D with its free w'; no L_MCH (there is no W_i)."""
+    """Fine-tuning (sec. 3.3): G with its free ψ', D with its free w'; no L_MCH (there is no W_i).
+
+    Batches may carry "index" (B,): which of the T adaptation images they are. The perceptual networks
+    are frozen and the T images fixed, so their maps of each image are computed once and reused."""
 
     def __init__(self, G: nn.Module, D: nn.Module, psi: nn.Parameter, w: nn.Parameter,
                  perceptual: nn.Module | None, loss_cfg) -> None:
         super().__init__(D, perceptual, loss_cfg)
         self.G, self.psi, self.w = G, psi, w
+        self._targets: dict[int, dict[str, list[torch.Tensor]]] = {}
+
+    def content_targets(self, b: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]] | None:
+        if "index" not in b or self.perceptual is None or not getattr(self.perceptual, "nets", None):
+            return None
+        idx = [int(i) for i in b["index"]]
+        for j, i in enumerate(idx):
+            if i not in self._targets:
+                self._targets[i] = self.perceptual.targets(b["target"][j:j + 1])
+        names = self._targets[idx[0]]
+        return {n: [torch.cat([self._targets[i][n][m] for i in idx]) for m in range(len(names[n]))] for n in names}
 
     def render(self, b: dict[str, torch.Tensor]) -> Fake:
         return Fake(self.G.render(b["target_landmarks"], self.psi))

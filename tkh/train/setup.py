@@ -82,6 +82,7 @@ def build_run(cfg: Config, data: Path, run_dir: Path, resume: bool, info: distri
 
     policy = precision.resolve(tc.amp, tc.channels_last, device, cfg.model)
     policy.prepare(model)
+    policy.prepare_frozen(perceptual)
     if info.is_main:
         write_run_files(run_dir, cfg, dataset, policy, state.step)
     if tc.grad_checkpoint:
