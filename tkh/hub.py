@@ -72,6 +72,14 @@ REGISTRY: dict[str, RemoteFile] = {
 }
 
 
+OFFLINE_ENV = "TKH_OFFLINE"  # set (to anything) to make every `auto` choice skip downloads that could only time out
+
+
+def offline() -> bool:
+    """True when $TKH_OFFLINE is set: callers that would try a download choose an offline path instead."""
+    return bool(os.environ.get(OFFLINE_ENV))
+
+
 def cache_dir() -> Path:
     """tkh's cache folder: `$TKH_CACHE`, else `~/.cache/tkh`."""
     path = Path(os.environ.get("TKH_CACHE") or Path.home() / ".cache" / "tkh")

@@ -231,6 +231,7 @@ def _wanted_networks(perceptual: str) -> list[str]:
 def _load_network(name: str, cfg: LossConfig) -> nn.Module:
     """A real-weights network from tkh.nets (imported here: tkh.losses must import without it)."""
     import tkh.nets as nets
+    from tkh.hub import offline
 
     if name == "imagenet":  # VGG19 first (the paper's network), else the offline VGG16; say why neither
         try:
@@ -249,17 +250,10 @@ def _load_network(name: str, cfg: LossConfig) -> nn.Module:
         return net
     if name == "vgg19":
         return nets.load_vgg19(path=cfg.vgg19_path or None, layers=tuple(cfg.vgg19_layers), progress=False,
-                               download=not _offline())
+                               download=not offline())
     if name == "vgg16":
         return nets.load_vgg16(path=cfg.vgg16_path or None, layers=tuple(cfg.vgg16_layers))
     return nets.load_face_network(cfg.face_network, path=cfg.face_weights_path or None)
-
-
-def _offline() -> bool:
-    """TKH_OFFLINE=1: never try a download (it could only time out)."""
-    import os
-
-    return os.environ.get("TKH_OFFLINE", "") not in ("", "0")
 
 
 def _feature_fn(net: nn.Module) -> FeatureFn:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from tkh.errors import BadInputError, DownloadError, NoFaceError, TkhError, WeightsUnavailableError
+from tkh.hub import OFFLINE_ENV, offline
 from tkh.landmarks.cascade import DlibBackend
 from tkh.landmarks.faces import Box, Detection, Face, check_box, per_image, pick, report, sort_faces
 from tkh.landmarks.sanity import plausible
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "face_alignment", "dlib")
 DOWNLOAD_TIMEOUT = 10.0  # seconds per socket operation when `auto` probes face-alignment's weights
-OFFLINE_ENV = "TKH_OFFLINE"  # set to 1 to make `auto` never try a download
 MIRROR_ENV = "TKH_FACE_ALIGNMENT_MIRROR"  # base URL serving face-alignment's files under their own names
 
 _LOCK = threading.Lock()
@@ -256,7 +256,7 @@ def resolve_backend(backend: str = "auto", device: str | None = None, download: 
         if device in _AUTO_CHOICE:
             return _AUTO_CHOICE[device]
         if download is None:
-            download = not os.environ.get(OFFLINE_ENV)
+            download = not offline()
         reason = ""
         present = all(p.exists() for p in face_alignment_weight_paths())
         bad = _corrupt_weights() if present else None
