@@ -231,10 +231,15 @@ def load_vgg16(path: str | os.PathLike | None = None, layers: Sequence[int] = LP
     path: a converted safetensors file (default: tkh's cache, made by `ensure_vgg16`). Raises
     WeightsUnavailableError when it cannot be had (one line: what to run)."""
     state, where = _load_state(path, download)
+    return _features(state, where, layers).to(device)
+
+
+def _features(state: dict[str, torch.Tensor], where: str, layers: Sequence[int]) -> VGGFeatures:
+    """A frozen VGGFeatures at `layers` from a converted state dict, with LPIPS's input normalisation."""
     mean, std = _imagenet_on_unit_scale()
     model = VGGFeatures(VGG16_CFG, layers, mean, std)
     model.load_state_dict(_feature_state(state, model, where))
-    return model.eval().requires_grad_(False).to(device)
+    return model.eval().requires_grad_(False)
 
 
 class LPIPS(nn.Module):
@@ -268,7 +273,4 @@ def load_lpips(path: str | os.PathLike | None = None, download: bool = True,
     heads = [state.get(f"lin{i}.weight") for i in range(5)]
     if any(h is None for h in heads):
         raise WeightsUnavailableError(f"{where} has no LPIPS heads (lin0..lin4); run `tkh fetch vgg16` again")
-    mean, std = _imagenet_on_unit_scale()
-    features = VGGFeatures(VGG16_CFG, LPIPS_LAYERS, mean, std)
-    features.load_state_dict(_feature_state(state, features, where))
-    return LPIPS(features.eval().requires_grad_(False), heads).eval().requires_grad_(False).to(device)
+    return LPIPS(_features(state, where, LPIPS_LAYERS), heads).eval().requires_grad_(False).to(device)
