@@ -276,7 +276,7 @@ with torch.no_grad():
     r_tkh, _ = D_s.score_with_w(x_a, y_a, w_new)
     assert torch.allclose(r_new, r_tkh, atol=1e-4)
     scores = {f"real {a}, w0 + ê_{a}": r_new.item(),
-              f"G's {a}, w0 + ê_{a}": D_s.score_with_w(to_tensor(A.render(A.crop_landmarks[0])), y_a, w_new)[0].item(),
+              f"G's {a}, w0 + ê_{a}": D_s.score_with_w(to_tensor(A.render(A.crop_landmarks[0]), batch=True), y_a, w_new)[0].item(),
               f"real {b}, w0 + ê_{a}": D_s.score_with_w(x_b, y_b, w_new)[0].item(),
               f"real {a}, w0 only": D_s.score_with_w(x_a, y_a, D_s.w0)[0].item()}
 print(f"shipped D: W {tuple(D_s.W.shape)}; r' by hand {r_new.item():.3f} == D.score_with_w {r_tkh.item():.3f}")
