@@ -166,6 +166,12 @@ def test_palette_fraction_counts_landmark_colours_in_the_face(grace_hopper):
     f_thin, f_thick = metrics.palette_fraction([thin, thick], np.stack([pts, pts]))
     print(f"palette fraction: real {real:.4f}, thin lines {f_thin:.4f}, thick {f_thick:.4f}")
     assert real < 0.01 < f_thin < f_thick
+    # What G really does: the drawing's colours half mixed into the skin still count (RGB distance would not).
+    y = rasterize(pts, 128, thickness=3)
+    blended = np.where(y > 0, (face.astype(np.float32) + y) / 2, face).astype(np.uint8)
+    f_blend = metrics.palette_fraction(blended, pts)
+    print(f"half-blended thick lines {f_blend:.4f}")
+    assert f_blend > 0.5 * f_thick
     outside = face.copy()
     outside[:8] = (255, 0, 255)  # a lip-coloured band at the top edge, outside the landmarks' hull
     assert metrics.palette_fraction(outside, pts) == pytest.approx(real)

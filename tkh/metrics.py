@@ -352,20 +352,45 @@ def _embedding_pair(a: Any, b: Any, embed_kwargs: dict[str, Any]) -> tuple[np.nd
 # ---------------------------------------------------------------------------------------------
 # Landmark colours in the face
 # ---------------------------------------------------------------------------------------------
-PALETTE_TOLERANCE = 60.0  # RGB distance (0-255 units) within which a pixel counts as a landmark colour
+# G blends the drawing's colours into skin rather than copying them: a magenta lip line half mixed with skin
+# is (227, 75, 187), 88 RGB units from magenta but still at magenta's hue. So a pixel counts by hue and
+# saturation, not by RGB distance. The red and orange parts (brows) share their hue with lips and skin and
+# cannot be told apart from them by colour; they are left out.
+PALETTE_HUE_TOLERANCE = 20.0  # degrees of hue within which a pixel counts as a landmark colour
+PALETTE_MIN_SATURATION = 0.4  # HSV saturation below which a pixel is grey / skin, whatever its hue
+SKIN_HUES = (-30.0, 50.0)  # hue range (degrees, red = 0) of skin and lips
 
 
-def palette_fraction(images: Any, landmarks: Any, tolerance: float = PALETTE_TOLERANCE) -> float | np.ndarray:
-    """Fraction of face pixels whose colour lies within `tolerance` of a landmark-drawing colour.
+def _hue_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = np.abs(a - b) % 360.0
+    return np.minimum(d, 360.0 - d)
 
-    G sees the landmark image y, drawn in saturated part colours (`tkh.landmarks.draw.PART_COLOURS`); a
-    generator that copies y into its output paints those colours into the mouth and eyes. The face is the
-    convex hull of the 68 points (in the image's pixels). Compare generated frames with the real ones: real
-    faces have a small base rate (red lips are near the brow colour, say). Returns a float or (B,).
-    """
+
+def palette_hues() -> np.ndarray:
+    """The hues (degrees) of the landmark drawing's colours that no skin or lip has (`SKIN_HUES` left out)."""
     import cv2
 
     from tkh.landmarks.draw import PART_COLOURS
+
+    rgb = np.array(list(PART_COLOURS.values()), np.float32)[None] / 255.0
+    hues = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[0, :, 0]
+    centre, half = sum(SKIN_HUES) / 2, (SKIN_HUES[1] - SKIN_HUES[0]) / 2
+    return np.unique(hues[_hue_distance(hues, centre) > half])
+
+
+def palette_fraction(images: Any, landmarks: Any, hue_tolerance: float = PALETTE_HUE_TOLERANCE,
+                     min_saturation: float = PALETTE_MIN_SATURATION) -> float | np.ndarray:
+    """Fraction of face pixels painted in a landmark-drawing colour, pure or blended into skin.
+
+    G sees the landmark image y, drawn in saturated part colours (`tkh.landmarks.draw.PART_COLOURS`); a
+    generator that copies y into its output paints those colours, often mixed with skin, into the mouth and
+    eyes. A pixel counts when its HSV saturation is at least `min_saturation` and its hue lies within
+    `hue_tolerance` degrees of a drawing colour no skin has (`palette_hues`: yellow, greens, cyan, blues,
+    magenta). The face is the convex hull of the 68 points (in the image's pixels). Compare generated frames
+    with the real ones: real faces have a small base rate (blue eyes, a green shirt collar under the chin).
+    Returns a float or (B,).
+    """
+    import cv2
 
     imgs, batch = _as_uint8_list(images)
     lms = np.asarray(landmarks, dtype=np.float32)
@@ -373,19 +398,20 @@ def palette_fraction(images: Any, landmarks: Any, tolerance: float = PALETTE_TOL
     if len(lms) != len(imgs) or lms.shape[1:] != (68, 2):
         raise BadInputError(f"palette_fraction: {len(imgs)} images need as many (68, 2) landmark arrays, got "
                             f"{lms.shape}")
-    palette = np.array(list(PART_COLOURS.values()), np.float32)  # (P, 3)
+    hues = palette_hues()
     vals = []
     for img, pts in zip(imgs, lms):
         mask = np.zeros(img.shape[:2], np.uint8)
         cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
-        face = img[mask.astype(bool)].astype(np.float32)  # (N, 3)
-        if not len(face):
+        if not mask.any():
             vals.append(float("nan"))
             continue
-        dist = np.sqrt(((face[:, None, :] - palette[None]) ** 2).sum(-1)).min(1)
-        vals.append(float((dist < tolerance).mean()))
+        hsv = cv2.cvtColor(np.ascontiguousarray(img[..., :3]).astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+        face = hsv[mask.astype(bool)]  # (N, 3): hue in degrees, saturation and value in [0, 1]
+        near = _hue_distance(face[:, :1], hues[None]).min(1) < hue_tolerance
+        vals.append(float((near & (face[:, 1] >= min_saturation)).mean()))
     return _finish(vals, batch)
 
 
 __all__ = ["DLIB_SAME_PERSON", "csim", "face_chips", "identity_distance", "identity_embedding", "landmark_error", "lpips",
-           "palette_fraction", "psnr", "ssim"]
+           "palette_fraction", "palette_hues", "psnr", "ssim"]
