@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,42 +57,44 @@ def _check_chw(t: torch.Tensor, i: int) -> None:
         raise BadInputError(f"image {i}: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(t.shape)}")
 
 
+def _each(x: Any, convert: Callable[[Any, int], np.ndarray]) -> tuple[list[np.ndarray], bool]:
+    """convert(item, index) applied to each image of a batch (or to one image); and whether it was a batch."""
+    batch = _is_batch(x)
+    return [convert(item, i) for i, item in enumerate(list(x) if batch else [x])], batch
+
+
+def _uint8_image(item: Any, i: int) -> np.ndarray:
+    if isinstance(item, torch.Tensor):
+        _check_chw(item, i)
+        return to_uint8(item)
+    if isinstance(item, np.ndarray):
+        return to_rgb_uint8(item, f"image {i}")
+    return load_image(item)
+
+
+def _unit_float_image(item: Any, i: int) -> np.ndarray:
+    if isinstance(item, torch.Tensor):  # not through uint8: a metric of float frames must not quantise them
+        _check_chw(item, i)
+        return ((item.detach().double().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    if isinstance(item, np.ndarray) and item.dtype != np.uint8 and np.issubdtype(item.dtype, np.floating):
+        a = np.asarray(item, dtype=np.float64)
+        if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
+            a = np.moveaxis(a, 0, -1)
+        if not np.isfinite(a).all():
+            raise BadInputError(f"image {i} contains NaN or inf")
+        return a / 255.0 if a.max(initial=0) > 1.0 else a
+    img = item if isinstance(item, np.ndarray) else load_image(item)
+    return to_rgb_uint8(img, f"image {i}").astype(np.float64) / 255.0
+
+
 def _as_uint8_list(x: Any) -> tuple[list[np.ndarray], bool]:
     """Images in any accepted form -> list of RGB uint8 (H, W, 3), and whether it was a batch."""
-    batch = _is_batch(x)
-    items = list(x) if batch else [x]
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, torch.Tensor):
-            _check_chw(item, i)
-            out.append(to_uint8(item))
-        elif isinstance(item, np.ndarray):
-            out.append(to_rgb_uint8(item, f"image {i}"))
-        else:
-            out.append(load_image(item))
-    return out, batch
+    return _each(x, _uint8_image)
 
 
-def _as_unit_float(x: Any) -> tuple[np.ndarray, bool]:
-    """Images -> float64 (B, H, W, 3) in [0, 1] without quantising tensors; and whether it was a batch."""
-    batch = _is_batch(x)
-    items = list(x) if batch else [x]
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, torch.Tensor):
-            _check_chw(item, i)
-            out.append(((item.detach().double().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
-        elif isinstance(item, np.ndarray) and item.dtype != np.uint8 and np.issubdtype(item.dtype, np.floating):
-            a = np.asarray(item, dtype=np.float64)
-            if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
-                a = np.moveaxis(a, 0, -1)
-            if not np.isfinite(a).all():
-                raise BadInputError(f"image {i} contains NaN or inf")
-            out.append(a / 255.0 if a.max(initial=0) > 1.0 else a)
-        else:
-            img = item if isinstance(item, np.ndarray) else load_image(item)
-            out.append(to_rgb_uint8(img, f"image {i}").astype(np.float64) / 255.0)
-    return out, batch  # type: ignore[return-value]
+def _as_unit_float(x: Any) -> tuple[list[np.ndarray], bool]:
+    """Images -> float64 (H, W, 3) in [0, 1] each, without quantising tensors; and whether it was a batch."""
+    return _each(x, _unit_float_image)
 
 
 def _pairs(a: Any, b: Any) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
