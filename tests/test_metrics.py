@@ -168,7 +168,7 @@ def test_palette_fraction_counts_landmark_colours_in_the_face(grace_hopper):
     assert real < 0.01 < f_thin < f_thick
     # What G really does: the drawing's colours half mixed into the skin still count (RGB distance would not).
     y = rasterize(pts, 128, thickness=3)
-    blended = np.where(y > 0, (face.astype(np.float32) + y) / 2, face).astype(np.uint8)
+    blended = np.where(y.any(-1, keepdims=True), (face.astype(np.float32) + y) / 2, face).astype(np.uint8)
     f_blend = metrics.palette_fraction(blended, pts)
     print(f"half-blended thick lines {f_blend:.4f}")
     assert f_blend > 0.5 * f_thick
