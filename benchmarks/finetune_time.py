@@ -59,7 +59,7 @@ def step_variants(config: str, device: torch.device, portrait, warmup: int, iter
     from tkh.adapt import _perceptual, adapt, init_finetune, landmark_images
     from tkh.tensors import to_tensor
     from tkh.train.objectives import FineTuneStep
-    from tkh.train.step import StepContext, make_phases, run_step
+    from tkh.train.step import StepContext, adam, make_phases, run_step
 
     model = C.random_model(config, device)
     ff = adapt(model, [portrait], mode="ff", progress=False, device=device, backend="dlib",
@@ -73,8 +73,7 @@ def step_variants(config: str, device: torch.device, portrait, warmup: int, iter
         G, D, psi, w, g_params, d_params = init_finetune(model, ff.e_hat, device)
         policy = precision.resolve(amp, cl, device, model.cfg.model)
         policy.prepare(G), policy.prepare(D)
-        opts = {"G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas),
-                "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
+        opts = {"G": adam(g_params, lr=cfg.lr_g, betas=cfg.betas), "D": adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
         objective = FineTuneStep(G, D, psi, w, policy.prepare_frozen(copy.deepcopy(perceptual)), loss_cfg)
         ctx = StepContext(policy, d_params, objective, device=device)
         batch = {"target": policy.tensor(x), "target_landmarks": policy.tensor(y), "index": torch.zeros(1, dtype=torch.long)}

@@ -44,7 +44,7 @@ from tkh.media import load_image
 from tkh.nets import available_perceptual
 from tkh.tensors import to_tensor, to_uint8
 from tkh.train.objectives import FineTuneStep
-from tkh.train.step import NonFiniteGuard, StepContext, make_phases, run_step
+from tkh.train.step import NonFiniteGuard, StepContext, adam, make_phases, run_step
 
 __all__ = ["AdaptedPortrait", "FORMAT", "adapt", "finetune_from_cli", "init_finetune", "landmark_images",
            "prepare_images", "to_tensor", "to_uint8"]
@@ -182,8 +182,7 @@ def adapt(model, images: Sequence[Any] | Any, mode: str | None = None, steps: in
     # is no W_i for a new person) and D/G ratio; a non-finite step is skipped and counted as there.
     G, D, psi, w, g_params, d_params = init_finetune(model, e_hat, device)
     policy.prepare(G), policy.prepare(D)
-    optimizers = {"G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas),
-                  "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
+    optimizers = {"G": adam(g_params, lr=cfg.lr_g, betas=cfg.betas), "D": adam(d_params, lr=cfg.lr_d, betas=cfg.betas)}
     perceptual, loss_cfg = _perceptual(model, cfg, device)
     policy.prepare_frozen(perceptual)
     objective = FineTuneStep(G, D, psi, w, perceptual, loss_cfg)

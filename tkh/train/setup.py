@@ -31,7 +31,7 @@ from tkh.train.batches import EpisodeBatches, fixed_batch
 from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, warm_start
 from tkh.train.objectives import MetaStep
 from tkh.train.rundir import prepare_run_dir, resume_note, write_run_files
-from tkh.train.step import StepContext, make_phases
+from tkh.train.step import StepContext, adam, make_phases
 
 __all__ = ["Run", "build_run", "enable_grad_checkpointing", "meta_optimizers", "resolve_device"]
 
@@ -112,9 +112,9 @@ def build_run(cfg: Config, data: Path, run_dir: Path, resume: bool, info: distri
 def meta_optimizers(model: TalkingHeadModel, tc: Any) -> dict[str, torch.optim.Optimizer]:
     """Adam for D (lr_d) and for E, G (lr_eg) with W's L_MCH step (lr_d); paper: β = (0, 0.999)."""
     return {
-        "D": torch.optim.Adam(model.D.parameters(), lr=tc.lr_d, betas=tc.betas),
-        "G": torch.optim.Adam([{"params": [*model.E.parameters(), *model.G.parameters()], "lr": tc.lr_eg},
-                               {"params": [model.D.W], "lr": tc.lr_d}], betas=tc.betas),
+        "D": adam(model.D.parameters(), lr=tc.lr_d, betas=tc.betas),
+        "G": adam([{"params": [*model.E.parameters(), *model.G.parameters()], "lr": tc.lr_eg},
+                   {"params": [model.D.W], "lr": tc.lr_d}], lr=tc.lr_eg, betas=tc.betas),
     }
 
 
