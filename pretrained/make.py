@@ -73,6 +73,28 @@ def mean_table(metrics: dict) -> dict:
     return out
 
 
+# Which way each held-out metric improves (the landmark-colour fraction of the real frames is a base rate).
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False, "csim": True, "identity_distance": False,
+                    "same_person_fraction": True, "landmark_error": False, "palette_fraction": False}
+
+
+def compare(new: dict, base: dict) -> tuple[list[str], bool]:
+    """Markdown rows (cell, metric, new, shipped, better?) of two `mean_table`s, and whether the new weights win
+    on every metric both have."""
+    rows = ["| cell | metric | new | shipped | better |", "|---|---|---|---|---|"]
+    wins = True
+    for cell in new:
+        for metric, higher in HIGHER_IS_BETTER.items():
+            a, b = new[cell].get(metric), (base.get(cell) or {}).get(metric)
+            if a is None or b is None:
+                continue
+            better = a > b if higher else a < b
+            wins &= better
+            mark = "yes" if better else "tie" if a == b else "no"
+            rows.append(f"| {cell} | {metric} | {a:.4f} | {b:.4f} | {mark} |")
+    return rows, wins
+
+
 def figure(frames: dict, painting: dict | None, path: Path, panel: int = 96) -> Path:
     """One row per (clip, held-out frame): real | FF-1 | FT-1 | FF-8 | FT-8; then painting | its reenactment."""
     import cv2
@@ -114,6 +136,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--run", type=Path, help="the training run folder: its videos.json (train / held-out split) goes "
                     "into the manifest")
+    ap.add_argument("--compare", type=Path, help="a folder whose manifest.json has the same model measured on the same "
+                    "held-out clips (e.g. the shipped weights, made with --out elsewhere): writes comparison.md")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -149,6 +173,16 @@ def main() -> None:
     entry = pretrained.write_manifest(model, args.name, args.out, metrics=metrics, training=training,
                                       description=args.description)
     print(json.dumps(metrics["mean"], indent=1))
+    if args.compare:
+        base = json.loads((args.compare / "manifest.json").read_text())["models"][args.name]["metrics"]
+        if base.get("heldout") != metrics["heldout"]:
+            raise SystemExit(f"--compare: {args.compare} was measured on {base.get('heldout')}, not "
+                             f"{metrics['heldout']}: run make.py on those clips there first")
+        rows, wins = compare(metrics["mean"], base["mean"])
+        text = "\n".join([f"Held-out means over {len(metrics['heldout'])} clips, {args.checkpoint} vs {args.compare}:",
+                          "", *rows, "", f"new better on every metric: {'yes' if wins else 'no'}"])
+        (args.out / "comparison.md").write_text(text + "\n")
+        print(text)
     print(f"wrote {fig} and {len(entry['files'])} shard(s) + manifest.json in {args.out}")
 
 

@@ -114,3 +114,20 @@ def test_shipped_weights_verify():
         assert all(f["bytes"] < 16 * 2**20 for f in entry["files"])
     model = pretrained.load(ROOT / "pretrained")
     assert model.cfg.model.image_size in (64, 128, 256)
+
+
+def test_make_compares_two_mean_tables_metric_by_metric():
+    """pretrained/make.py --compare (and tools/gpu_finish.py): each metric judged in its own direction; the new
+    weights 'win' only when better on every metric both tables have."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make", ROOT / "pretrained" / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    base = {"ft-1": {"ssim": 0.48, "lpips": 0.55, "palette_fraction": 0.02, "csim": None}}
+    better = {"ft-1": {"ssim": 0.50, "lpips": 0.45, "palette_fraction": 0.01, "csim": 0.9}}
+    rows, wins = make.compare(better, base)
+    assert wins and len(rows) == 2 + 3  # csim is missing on one side: not judged
+    assert "| ft-1 | lpips | 0.4500 | 0.5500 | yes |" in rows
+    rows, wins = make.compare({"ft-1": {**better["ft-1"], "lpips": 0.6}}, base)
+    assert not wins and "| ft-1 | lpips | 0.6000 | 0.5500 | no |" in rows

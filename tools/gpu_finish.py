@@ -34,8 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _carry as C  # noqa: E402
 
 ROOT = C.ROOT
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False, "csim": True, "identity_distance": False,
-                    "same_person_fraction": True, "landmark_error": False, "palette_fraction": False}
 
 
 def _strip(buf: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -82,22 +80,6 @@ def fill_deferred(npz: Path, per_clip: dict, tag: str, groups: set[str]) -> int:
     return n
 
 
-def compare(new: dict, base: dict) -> tuple[list[str], bool]:
-    """Markdown rows (cell, metric, new, shipped, better?) and whether the new weights win on every metric."""
-    rows = ["| cell | metric | new | shipped | better |", "|---|---|---|---|---|"]
-    wins = True
-    for cell in new:
-        for metric, higher in HIGHER_IS_BETTER.items():
-            a, b = new[cell].get(metric), (base.get(cell) or {}).get(metric)
-            if a is None or b is None:
-                continue
-            better = a > b if higher else a < b
-            wins &= better
-            mark = "yes" if better else "tie" if a == b else "no"
-            rows.append(f"| {cell} | {metric} | {a:.4f} | {b:.4f} | {mark} |")
-    return rows, wins
-
-
 def finish(args: argparse.Namespace) -> dict[str, Any]:
     from tkh.atomic import write_json
 
@@ -133,7 +115,7 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
                 fill_deferred(npz, base["per_clip"], "base", groups)
                 base["mean"] = make.mean_table(base["per_clip"])
             record["baseline"] = {"name": base["name"], "mean": base["mean"], "per_clip": base["per_clip"]}
-            rows, wins = compare(metrics["mean"], base["mean"])
+            rows, wins = make.compare(metrics["mean"], base["mean"])
             record["new_beats_shipped_on_every_metric"] = wins
             text = "\n".join([f"Held-out metrics (mean over {len(metrics['per_clip'])} clips), new weights vs "
                               f"shipped {base['name']!r}, both evaluated by the session the same way:", "", *rows, "",
