@@ -19,10 +19,11 @@
 # **What this teaches.** How sec. 4 of Zakharov et al. (ICCV 2019) measures a talking-head model, with the
 # same code that writes the numbers in `pretrained/manifest.json` (`tkh.evaluate`, `tkh evaluate`):
 #
-# - the metrics, each next to its formula and calibrated on real images: **SSIM**, **PSNR**, **CSIM**, and the
-#   **landmark error** of generated frames;
+# - the metrics, each next to its formula and calibrated on real images: **SSIM**, **PSNR**, **LPIPS**, **CSIM**
+#   and dlib's **identity distance**, the **landmark error** of generated frames and the share of the face
+#   painted in the landmark drawing's colours;
 # - **self-reenactment**: adapt on T frames of a held-out video and redraw other frames of it (SSIM, PSNR,
-#   CSIM against the truth);
+#   LPIPS, CSIM against the truth);
 # - **cross-reenactment**: a portrait driven by another person's video (no ground truth: CSIM to the portrait,
 #   landmark error to the driver);
 # - a **user-study-style grid**: real, FF and FT images shuffled per row, an answer key, and a scorer.
@@ -105,6 +106,19 @@ print(f"driver: {video.name} ({int(driver.valid.sum())} frames with a face) | po
 #
 # $$\mathrm{LE} = \frac{1}{68} \sum_{j=1}^{68} \frac{\lVert \hat p_j - p_j \rVert}{\lVert p_{36} - p_{45} \rVert}$$
 #
+# - **LPIPS** (Zhang et al. 2018), a learned perceptual distance: ImageNet VGG16 features $f^l$ of five layers,
+#   unit-normalised along channels ($\hat f^l$), weighted per channel by learned heads $w_l$ and averaged over
+#   positions; 0 = identical. Unlike PSNR, which ranks a 4-pixel shift worst, it calls the shift nearer than
+#   noise or blur (the cell below prints all three):
+#
+# $$\mathrm{LPIPS}(x, \hat x) = \sum_l \frac{1}{H_l W_l} \sum_{h, w}
+#   \big\lVert w_l \odot \big(\hat f^l_{hw}(x) - \hat f^l_{hw}(\hat x)\big) \big\rVert_2^2$$
+#
+# - **identity distance** $\lVert \varphi(x) - \varphi(\hat x) \rVert_2$ with the same φ as CSIM: dlib calls two
+#   faces the same person below **0.6**, a threshold CSIM does not have;
+# - **landmark-colour fraction**: the share of face pixels at the hue of a colour of the landmark drawing y that
+#   no skin has: G copying y into its output. Real faces give a small base rate to compare with.
+#
 # First, what the numbers look like on real images: a frame against a noisier, a blurred and a shifted copy.
 
 # %%
@@ -122,7 +136,8 @@ rng = np.random.default_rng(0)
 copies = {"noise σ=10": np.clip(real + rng.normal(0, 10, real.shape), 0, 255).astype(np.uint8),
           "blur σ=2": cv2.GaussianBlur(real, (0, 0), 2), "shift 4 px": np.roll(real, 4, axis=1)}
 for name, img in copies.items():
-    print(f"{name:11s} SSIM {metrics.ssim(real, img):.3f}  PSNR {metrics.psnr(real, img):5.2f} dB")
+    print(f"{name:11s} SSIM {metrics.ssim(real, img):.3f}  PSNR {metrics.psnr(real, img):5.2f} dB  "
+          f"LPIPS {metrics.lpips(real, img):.3f}")
 
 # %% [markdown]
 # CSIM between real faces: the same person twice, and different people (and a painting).
@@ -136,6 +151,10 @@ people = {"driver, frame 0": clip[0], f"driver, frame {len(clip) - 1}": clip[-1]
 emb = {name: metrics.identity_embedding(img) for name, img in people.items()}
 names = list(emb)
 table = np.array([[metrics.csim(emb[a], emb[b]) for b in names] for a in names])
+dist = np.array([[metrics.identity_distance(emb[a], emb[b]) for b in names] for a in names])
+for i, j in ((0, 1), (2, 3)):
+    print(f"{names[i]} vs {names[j]}: CSIM {table[i, j]:.3f}, identity distance {dist[i, j]:.3f} "
+          f"({'same person' if dist[i, j] < metrics.DLIB_SAME_PERSON else 'different people'} for dlib)")
 
 # %% [markdown]
 # Our face network is dlib's (the paper's was another), and its descriptors of any two faces
@@ -175,8 +194,12 @@ self_eval = {mode: evaluate_self(model, video, shots=SHOTS, mode=mode, steps=FT_
              for mode in ("ff", "ft")}
 for mode, r in self_eval.items():
     lm_err = "n/a (no face found)" if r["landmark_error"] is None else f"{r['landmark_error']:.3f}"
-    print(f"{mode.upper()} T={r['shots']}: SSIM {r['ssim']:.3f}  PSNR {r['psnr']:.2f} dB  CSIM {r['csim']:.3f}  "
-          f"landmark error {lm_err} (face found in {r['detected_fraction']:.0%})  {r['seconds']:.0f} s")
+    lp = "n/a (VGG16 missing: tkh fetch vgg16)" if r["lpips"] is None else f"{r['lpips']:.3f}"
+    print(f"{mode.upper()} T={r['shots']}: SSIM {r['ssim']:.3f}  PSNR {r['psnr']:.2f} dB  LPIPS {lp}  "
+          f"CSIM {r['csim']:.3f}  identity distance {r['identity_distance'] or float('nan'):.3f} "
+          f"({r['same_person_fraction']:.0%} of frames under 0.6)  landmark error {lm_err} "
+          f"(face found in {r['detected_fraction']:.0%})  landmark colours {r['palette_fraction']:.1%} "
+          f"(real frames {r['palette_fraction_real']:.1%})  {r['seconds']:.0f} s")
 
 # %% [markdown]
 # Real held-out frames (top) and their FF and FT reconstructions, each from the real frame's landmarks.
