@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from torch import nn
 
@@ -197,8 +198,6 @@ class AdaptedPortrait:
 
 
 def _jpeg_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image  # (Pillow: only when a portrait is saved)
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=92)
     return buf.getvalue()

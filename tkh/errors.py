@@ -6,6 +6,10 @@ that escapes is a bug in tkh and is shown with its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class TkhError(Exception):
     """Base class of every error a user can cause (bad input, missing weights, ...)."""
@@ -52,10 +56,6 @@ def describe_os_error(exc: BaseException, where: object = "the output") -> str |
 
     Shared by the command line (which adds nothing) and the puppeteer app's status line, so a user reads the
     same words wherever a write fails. Recognises errno values from Python and from safetensors (Rust)."""
-    import errno
-    import os
-    import re
-
     code = exc.errno if isinstance(exc, OSError) else None
     if code is None:
         match = re.search(r"os error (\d+)", str(exc))  # how safetensors (Rust) reports an errno

@@ -89,7 +89,7 @@ def cache_dir() -> Path:
 
 def torch_hub_checkpoints() -> Path:
     """torch hub's checkpoint folder (`$TORCH_HOME/hub/checkpoints`), where face-alignment and VGG19 live."""
-    import torch.hub
+    import torch.hub  # lazy: torch costs ~1.2 s to import (python -X importtime) and tkh.hub is torch-free
 
     return Path(torch.hub.get_dir()) / "checkpoints"
 

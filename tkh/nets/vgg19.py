@@ -23,9 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from tkh.errors import ChecksumError, ConfigError, DownloadError, WeightsUnavailableError
+from tkh.hub import REGISTRY, torch_hub_checkpoints, verify
+from tkh.hub import download as hub_download
 
 # torchvision's configuration "E": channels per conv, "M" = 2x2 max pool.
 VGG19_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -113,8 +116,6 @@ def _feature_state(state: dict[str, torch.Tensor], model: VGGFeatures, where: st
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -149,9 +150,6 @@ def load_vgg19(path: str | os.PathLike | None = None, download: bool = True, url
     sha256-prefix check. Raises WeightsUnavailableError when none works, ChecksumError when a
     download's bytes are not the registered file (nothing is kept).
     """
-    from tkh.hub import REGISTRY, torch_hub_checkpoints, verify
-    from tkh.hub import download as hub_download
-
     entry = REGISTRY["vgg19"]
     if path is not None:
         p = Path(path)
