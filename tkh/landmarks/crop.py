@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from tkh.errors import BadInputError
@@ -85,8 +86,6 @@ class CropTransform:
 
         feather: width of a soft border, as a fraction of the crop side (0 = hard edge).
         """
-        import cv2
-
         crop_image = load_image(crop_image, name="crop image")
         original = load_image(original, name="original image")
         if original.shape[:2] != tuple(self.src_shape):
@@ -132,8 +131,6 @@ def crop(image, landmarks: np.ndarray, size: int = 256, margin: float = MARGIN, 
     `face_box(landmarks, margin, shift)`. fill: colour of the parts of the window outside the image.
     Returns ``(crop uint8 (size, size, 3), landmarks in crop pixels (68, 2) float32, CropTransform)``.
     """
-    import cv2
-
     img = load_image(image)
     pts = _check_landmarks(landmarks)
     if int(size) < 8:

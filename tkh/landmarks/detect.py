@@ -49,13 +49,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from tkh.errors import BadInputError, DownloadError, NoFaceError, TkhError, WeightsUnavailableError
-from tkh.hub import OFFLINE_ENV, offline
+from tkh.errors import BadInputError, ChecksumError, DownloadError, NoFaceError, TkhError, WeightsUnavailableError
+from tkh.hub import OFFLINE_ENV, REGISTRY, RemoteFile, offline, torch_hub_checkpoints, verify
+from tkh.hub import download as hub_download  # resolve_backend has a `download` flag
 from tkh.landmarks.cascade import DlibBackend
 from tkh.landmarks.faces import Box, Detection, Face, check_box, per_image, pick, report, sort_faces
 from tkh.landmarks.sanity import plausible
+from tkh.landmarks.smooth import smooth_track
 from tkh.media import iter_video, load_image, video_info
+
+# face_alignment and torch are imported where the FAN backend uses them: face_alignment costs 1.7 s to import
+# (torch's 1.2 s of it; python -X importtime), and tkh.landmarks (dlib backend, drawing, crops) works without both.
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +186,11 @@ def _face_alignment_urls() -> list[str]:
 
 def face_alignment_weight_paths() -> list[Path]:
     """Where face-alignment expects its weights: torch hub's checkpoint folder."""
-    from tkh.hub import torch_hub_checkpoints
-
     return [torch_hub_checkpoints() / url.rsplit("/", 1)[-1] for url in _face_alignment_urls()]
 
 
 def _remote_file(url: str):
     """The tkh.hub registry entry for a face-alignment file, or one with torch hub's name-embedded prefix."""
-    from tkh.hub import REGISTRY, RemoteFile
-
     filename = url.rsplit("/", 1)[-1]
     for entry in REGISTRY.values():
         if entry.filename == filename:
@@ -205,8 +207,6 @@ def ensure_face_alignment_weights(mirror: str | None = None, timeout: float = DO
     names; the registered checksums still apply, so a mirror cannot substitute other bytes.
     Raises `DownloadError` / `ChecksumError` (nothing partial is left in the cache).
     """
-    from tkh.hub import download, torch_hub_checkpoints
-
     mirror = mirror or os.environ.get(MIRROR_ENV)
     dest_dir = torch_hub_checkpoints()
     paths = []
@@ -215,16 +215,13 @@ def ensure_face_alignment_weights(mirror: str | None = None, timeout: float = DO
         dest = dest_dir / entry.filename
         if not dest.exists():
             src = f"{mirror.rstrip('/')}/{entry.filename}" if mirror else url
-            download(src, dest, entry.sha256, entry.sha256_prefix, timeout=timeout)
+            hub_download(src, dest, entry.sha256, entry.sha256_prefix, timeout=timeout)
         paths.append(dest)
     return paths
 
 
 def _corrupt_weights() -> str | None:
     """A message naming the first cached face-alignment file whose checksum is wrong, else None."""
-    from tkh.errors import ChecksumError
-    from tkh.hub import torch_hub_checkpoints, verify
-
     for url in _face_alignment_urls():
         entry = _remote_file(url)
         try:
@@ -427,8 +424,6 @@ def detect_video(path: str | os.PathLike, backend: str = "auto", every: int = 1,
     One-Euro filter (`smooth_track`, off by default: it trades a little lag for less jitter).
     Raises NoFaceError when no frame has a face (and `require_face`).
     """
-    from tqdm.auto import tqdm
-
     if every < 1:
         raise BadInputError(f"every must be >= 1, got {every}")
     info = video_info(path)
@@ -462,8 +457,6 @@ def detect_video(path: str | os.PathLike, backend: str = "auto", every: int = 1,
         raise NoFaceError(f"{path}: no face found in any of its {len(landmarks)} frames ({impl.name} backend); "
                           "pass a video showing a face")
     if smooth:
-        from tkh.landmarks.smooth import smooth_track
-
         landmarks = smooth_track(landmarks, fps=info["fps"] / every, **smooth_kwargs)
     return VideoLandmarks(landmarks=landmarks, valid=valid, frame_index=np.arange(len(landmarks)) * every,
                           fps=info["fps"] / every, backend=impl.name, source=str(path),

@@ -19,9 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from tkh.errors import BadInputError
+from tkh.media import load_image
+
+# torch (1.2 s to import, python -X importtime) is imported inside the torch rasterizers only: tkh.landmarks
+# imports without it.
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,6 @@ def rasterize(landmarks: np.ndarray, size: int | tuple[int, int] = 256, src_size
     `src_size` (int or (H, W)) when they are in another image's pixels, to scale them. NaN landmarks
     (a frame without a face) give a black image.
     """
-    import cv2
-
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (68, 2):
         raise BadInputError(f"rasterize: expected landmarks of shape (68, 2), got {pts.shape}")
@@ -176,10 +179,6 @@ def to_tensor(image: np.ndarray, device=None):
 def draw_on_image(image: np.ndarray, landmarks: np.ndarray, radius: int | None = None,
                   lines: bool = True) -> np.ndarray:
     """A copy of an RGB image with the landmarks drawn over it (part-coloured lines and dots)."""
-    import cv2
-
-    from tkh.media import load_image
-
     img = load_image(image).copy()
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (68, 2) or not np.isfinite(pts).all():
