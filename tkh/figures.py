@@ -24,14 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from tkh.atomic import write_json
 from tkh.errors import BadInputError
+from tkh.media import to_rgb_uint8, write_image
 
 __all__ = ["BlindGrid", "blind_grid", "image_grid", "same_pose"]
 
 
 def _figure(width: float, height: float):
+    # lazy: matplotlib's Figure costs 0.34 s to import (python -X importtime); only drawn figures need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -42,10 +46,6 @@ def _figure(width: float, height: float):
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
     """An RGB uint8 image resized to size x size (cells of one grid share a size)."""
-    import cv2
-
-    from tkh.media import to_rgb_uint8
-
     img = to_rgb_uint8(np.asarray(img), "grid cell")
     if img.shape[:2] == (size, size):
         return img
@@ -128,8 +128,6 @@ class BlindGrid:
         "user" beats chance; `score(grid.sharpest_picks())` is its success rate (the paper's USER, sec. 4,
         asked people instead).
         """
-        import cv2
-
         def sharpness(img: np.ndarray) -> float:
             grey = cv2.cvtColor(_fit(img, 128), cv2.COLOR_RGB2GRAY)  # one scale for all cells
             return float(cv2.Laplacian(grey, cv2.CV_64F).var())
@@ -157,12 +155,9 @@ class BlindGrid:
 
     def save(self, folder: str | os.PathLike, model: str = "unknown", size: int = 192) -> tuple[Path, Path]:
         """Write grid.png (labelled synthetic, it holds generated faces) and answer_key.json into `folder`."""
-        from tkh.media import write_image
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         png = write_image(folder / "grid.png", self.image(size), model=model)
-        from tkh.atomic import write_json
 
         key = write_json(folder / "answer_key.json", {"seed": self.seed, "rows_top_to_bottom": self.identities,
                                                       "columns_left_to_right": self.letters, "key": self.key()},

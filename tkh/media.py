@@ -24,6 +24,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import cv2
+import imageio.v2 as iio
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
 
@@ -147,8 +150,6 @@ def _to_unit_float(a: np.ndarray, name: str) -> np.ndarray:
 # Videos in (streamed: a long video is never held in memory whole)
 # ---------------------------------------------------------------------------------------------
 def _ffmpeg_reader(path: Path):
-    import imageio.v2 as iio
-
     try:
         return iio.get_reader(str(path), format="FFMPEG")
     except Exception as exc:  # imageio raises a zoo of types for bad files
@@ -385,8 +386,6 @@ def _count_gif_frames(tmp: Path, path: Path) -> int:
 
 
 def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -478,8 +477,6 @@ def read_label(path: str | os.PathLike) -> str | None:
 
 def add_caption(frame: np.ndarray, text: str = "SYNTHETIC") -> np.ndarray:
     """Burn a visible label into the bottom-left corner of a frame (white on a dark band)."""
-    import cv2
-
     out = to_rgb_uint8(frame).copy()
     h, w = out.shape[:2]
     scale = max(0.3, w / 640)

