@@ -41,8 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
+from tkh.atomic import save_safetensors, write_json
+from tkh.config import Config
 from tkh.errors import CheckpointError, WeightsUnavailableError
+from tkh.hub import sha256_of
+from tkh.models import FORMAT, TalkingHeadModel
 
 __all__ = ["MANIFEST_FORMAT", "MAX_SHARD_BYTES", "available", "fingerprint", "info", "load", "pretrained_dir",
            "read_manifest", "verify_model", "write_manifest"]
@@ -119,8 +124,6 @@ def fingerprint(shard_hashes: list[str]) -> str:
 
 def verify_model(name: str | None = None, folder: str | os.PathLike | None = None) -> dict[str, Any]:
     """Check every file of a shipped model against the manifest; returns the entry, raises CheckpointError."""
-    from tkh.hub import sha256_of
-
     entry = info(name, folder)
     root = Path(folder) if folder is not None else pretrained_dir()
     for f in entry["files"]:
@@ -146,9 +149,6 @@ def load(name_or_path: str | os.PathLike | None = None, map_location: str | torc
     `tkh train` run folder (its latest checkpoint).
     Shipped files are verified against the manifest's sha256 first: CheckpointError on any mismatch.
     """
-    from tkh.hub import sha256_of
-    from tkh.models import TalkingHeadModel
-
     if name_or_path is not None:
         p = Path(name_or_path)
         if p.is_dir() and not (p / "manifest.json").is_file():
@@ -165,7 +165,7 @@ def load(name_or_path: str | os.PathLike | None = None, map_location: str | torc
 
 def _run_checkpoint(folder: Path) -> Path:
     """The weights of the latest checkpoint of a `tkh train` run folder (or of its checkpoints/ folder)."""
-    from tkh.train.checkpoint import latest_checkpoint
+    from tkh.train.checkpoint import latest_checkpoint  # lazy: tkh.train.checkpoint imports tkh.pretrained (cycle)
 
     for ckpts in (folder / "checkpoints", folder):
         found = latest_checkpoint(ckpts)
@@ -176,11 +176,6 @@ def _run_checkpoint(folder: Path) -> Path:
 
 
 def _load_shipped(name: str | None, folder: Path | None, map_location: str | torch.device):
-    from safetensors import safe_open
-
-    from tkh.config import Config
-    from tkh.models import FORMAT, TalkingHeadModel
-
     if folder is None and pretrained_dir() is None:
         raise WeightsUnavailableError(
             f"no shipped weights: no pretrained/manifest.json next to tkh and {ENV} is not set; {_GET_WEIGHTS}")
@@ -225,10 +220,6 @@ def write_manifest(checkpoint: str | os.PathLike | Any, name: str, out_dir: str 
     `<out_dir>/manifest.json` (other entries are kept). Returns the entry. metrics / training are free-form
     dicts stored as given (see pretrained/README.md for the fields tkh writes).
     """
-    from tkh.atomic import save_safetensors, write_json
-    from tkh.hub import sha256_of
-    from tkh.models import FORMAT, TalkingHeadModel
-
     model = checkpoint if isinstance(checkpoint, TalkingHeadModel) else TalkingHeadModel.load(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

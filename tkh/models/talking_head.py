@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from tkh.atomic import save_safetensors
@@ -104,8 +105,6 @@ class TalkingHeadModel(nn.Module):
     ) -> TalkingHeadModel:
         """Rebuild a model from `save`'s file. CheckpointError (one line) for a missing, truncated or
         corrupt file, or when `strict_config` is given and its model section differs from the file's."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} not found; check the path or download the weights again")

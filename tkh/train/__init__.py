@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
+from tkh.config import load_config
+from tkh.errors import ConfigError
 from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tkh.train.logging import plot_losses, read_log
 from tkh.train.loop import Callbacks, MetaStep, Phase, StepInfo, TrainResult, make_phases, train
@@ -37,11 +41,6 @@ __all__ = [
 
 def train_from_cli(args: argparse.Namespace) -> TrainResult:
     """`tkh train`: the config file, then --set SECTION.KEY=VALUE, then --steps / --holdout / --max-minutes / --device."""
-    import yaml
-
-    from tkh.config import load_config
-    from tkh.errors import ConfigError
-
     cfg = load_config(args.config)
     sets: dict[str, dict] = {}
     for item in getattr(args, "set", None) or []:

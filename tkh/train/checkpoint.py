@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tkh import pretrained
 from tkh.atomic import atomic_path, write_json
 from tkh.config import Config
 from tkh.errors import CheckpointError
+from tkh.models import TalkingHeadModel
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "warm_start"]
@@ -132,8 +134,6 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimiz
     CheckpointError (one line) when there is none, when a file is truncated or corrupt, when it was
     saved with another model config, or for other training videos (W's rows would be wrong).
     """
-    from tkh.models import TalkingHeadModel
-
     found = latest_checkpoint(ckpt_dir)
     if found is None:
         raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start training")
@@ -171,8 +171,6 @@ def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> str:
 
     Raises CheckpointError when the source is of another architecture (say which tensor differs).
     """
-    from tkh import pretrained
-
     src = pretrained.load(str(source), map_location="cpu")
     theirs = {k: v for k, v in src.state_dict().items() if k != "D.W"}
     mine = model.state_dict()
