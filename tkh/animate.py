@@ -44,12 +44,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from tkh.errors import BadInputError
-from tkh.landmarks import edit, rasterize
+from tkh.landmarks import detect_video, edit, rasterize
 from tkh.landmarks.coverage import MIN_FACE_FRACTION, FaceCoverage, face_coverage, require_faces
-from tkh.media import copy_output, is_video, iter_video, write_video
+from tkh.media import copy_output, is_video, iter_video, load_image, write_video
 
 __all__ = ["SCRIPT_EDITS", "Track", "animate", "animate_from_cli", "load_driver", "render_frames", "script_controls",
            "script_track", "similarity", "transfer_motion", "vetted"]
@@ -188,7 +189,6 @@ def load_driver(driver: str | os.PathLike | Track, portrait_landmarks: np.ndarra
     if is_video(path) or path.exists():
         if not path.exists():
             raise BadInputError(f"{path}: driving video not found; check the path")
-        from tkh.landmarks import detect_video
 
         vl = detect_video(path, backend=backend, max_frames=max_frames, progress=progress, require_face=False)
         lms = np.asarray(vl.landmarks, np.float32)
@@ -270,8 +270,6 @@ def transfer_motion(driver: np.ndarray, portrait: np.ndarray, valid: np.ndarray 
 # Rendering
 # ---------------------------------------------------------------------------------------------
 def _resize(img: np.ndarray, height: int) -> np.ndarray:
-    import cv2
-
     h, w = img.shape[:2]
     if h == height:
         return img
@@ -342,8 +340,6 @@ def animate(adapted, driver: str | os.PathLike | Track, out: str | os.PathLike |
     Returns {"paths": [...], "frames": n, "fps": fps, "seconds": s, "track": landmarks (T, 68, 2),
     "coverage": the driver's `FaceCoverage` (video / track drivers, else None)}.
     """
-    from tkh.media import load_image
-
     t0 = time.perf_counter()
     outs = [Path(out)] if isinstance(out, (str, os.PathLike)) else [Path(o) for o in out]
     track = load_driver(driver, adapted.crop_landmarks[0], frames_per_edit, backend, max_frames, min_face_fraction)
@@ -383,6 +379,7 @@ def animate(adapted, driver: str | os.PathLike | Track, out: str | os.PathLike |
 
 def animate_from_cli(args) -> None:
     """`tkh animate --model ADAPTED --driver VIDEO|TRACK.npz | --script EDITS --out OUT.mp4 [...]`."""
+    # lazy: torch + tkh.adapt cost ~1.5 s to import (python -X importtime); tkh.animate itself is torch-free
     import torch
 
     from tkh.adapt import AdaptedPortrait, default_device

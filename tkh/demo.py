@@ -20,10 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
+from tkh import pretrained
+from tkh.adapt import adapt, default_device
+from tkh.animate import animate, script_controls
 from tkh.atomic import write_json
+from tkh.config import AdaptConfig
+from tkh.errors import WeightsUnavailableError
+from tkh.landmarks import rasterize
+from tkh.media import add_caption, write_image
+from tkh.portraits import load_portrait
 
 __all__ = ["DEMO_SCRIPT", "contact_sheet", "demo_settings", "run_demo"]
 
@@ -44,8 +53,6 @@ def demo_settings(device: torch.device) -> dict[str, Any]:
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
     out = img.copy()
     scale = max(0.35, img.shape[1] / 400)
     cv2.putText(out, text, (4, int(14 * scale / 0.5) if scale > 0.5 else 14), cv2.FONT_HERSHEY_SIMPLEX, scale,
@@ -56,8 +63,6 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 def contact_sheet(portrait_crop: np.ndarray, landmark_images: list[np.ndarray], frames: list[np.ndarray],
                   names: list[str], panel: int = 160) -> np.ndarray:
     """Two rows: [portrait | landmark image per edit] over [label | generated frame per edit], RGB uint8."""
-    import cv2
-
     def fit(im: np.ndarray) -> np.ndarray:
         return cv2.resize(im, (panel, panel), interpolation=cv2.INTER_CUBIC if im.shape[0] < panel else cv2.INTER_AREA)
 
@@ -71,8 +76,6 @@ def contact_sheet(portrait_crop: np.ndarray, landmark_images: list[np.ndarray], 
 
 def _peaks(script: str, frames_per_edit: int) -> list[int]:
     """Index of the strongest frame of each edit of the script."""
-    from tkh.animate import script_controls
-
     peaks = []
     names = script.split(",")
     for k in range(len(names)):
@@ -84,9 +87,6 @@ def _peaks(script: str, frames_per_edit: int) -> list[int]:
 
 def _load_weights(model: str | None, device: torch.device):
     """`tkh.pretrained.load`, with what a demo user can do when there are no weights (one line, no traceback)."""
-    from tkh import pretrained
-    from tkh.errors import WeightsUnavailableError
-
     try:
         return pretrained.load(model, map_location=device)
     except WeightsUnavailableError as exc:
@@ -106,13 +106,6 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
     override `demo_settings`. box: the face's (x, y, w, h) given by hand, face=N the N-th largest of
     several (`tkh.landmarks.detect`). Writes out_dir/animation.mp4, animation.gif, contact_sheet.png, demo.json.
     """
-    from tkh.adapt import adapt, default_device
-    from tkh.animate import animate
-    from tkh.config import AdaptConfig
-    from tkh.landmarks import rasterize
-    from tkh.media import add_caption, write_image
-    from tkh.portraits import load_portrait
-
     t0 = time.perf_counter()
     say = print if verbose else (lambda *a, **k: None)
     device = torch.device(device) if device is not None else default_device()

@@ -33,11 +33,30 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from tkh import pretrained
+from tkh.adapt import adapt, default_device
+from tkh.animate import load_driver, transfer_motion
+from tkh.atomic import write_json
 from tkh.errors import BadInputError, WeightsUnavailableError
+from tkh.landmarks import crop, detect, detect_video
 from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage, require_faces
+from tkh.media import iter_video
+from tkh.metrics import (
+    DLIB_SAME_PERSON,
+    csim,
+    identity_distance,
+    identity_embedding,
+    landmark_error,
+    lpips,
+    palette_fraction,
+    psnr,
+    ssim,
+)
 
 __all__ = ["evaluate", "evaluate_cross", "evaluate_from_cli", "evaluate_self", "detect_generated"]
 
@@ -53,10 +72,6 @@ def _nanmean(x: np.ndarray) -> float | None:
 
 def detect_generated(frames: np.ndarray, backend: str = "auto") -> np.ndarray:
     """Landmarks of generated crops (B, S, S, 3) in crop pixels (B, 68, 2), NaN where no face is found."""
-    import cv2
-
-    from tkh.landmarks import detect
-
     s = frames.shape[1]
     big = [cv2.resize(f, (DETECT_SIZE, DETECT_SIZE), interpolation=cv2.INTER_CUBIC) for f in frames]
     found = detect(big, backend=backend, on_missing="none", cnn=False)  # HOG only, as the metric was defined
@@ -69,8 +84,6 @@ def detect_generated(frames: np.ndarray, backend: str = "auto") -> np.ndarray:
 
 def _chunked(fn: Callable[..., Any], arrays: tuple[np.ndarray, ...], desc: str, progress: bool) -> list[np.ndarray]:
     """fn(*slices) over CHUNK frames at a time, with a tqdm bar in frames; each of fn's outputs concatenated."""
-    from tqdm.auto import tqdm
-
     parts: list[tuple[np.ndarray, ...]] = []
     n = len(arrays[0])
     with tqdm(total=n, desc=desc, unit="frame", disable=not progress, leave=False) as bar:
@@ -82,16 +95,12 @@ def _chunked(fn: Callable[..., Any], arrays: tuple[np.ndarray, ...], desc: str, 
 
 
 def _identity(images: np.ndarray, landmarks: np.ndarray, device: str) -> np.ndarray:
-    from tkh.metrics import identity_embedding
-
     return np.atleast_2d(identity_embedding(list(images), landmarks=np.asarray(landmarks), device=device))
 
 
 def _identity_summary(dists: np.ndarray) -> dict[str, float]:
     """Mean dlib descriptor distance to the source person and the fraction of frames dlib calls the same
     person (distance < 0.6; frames without a descriptor count as not)."""
-    from tkh.metrics import DLIB_SAME_PERSON
-
     d = np.asarray(dists, dtype=np.float64)
     return {"identity_distance": _nanmean(d), "same_person_fraction": float(np.mean(d < DLIB_SAME_PERSON)) if len(d)
             else float("nan")}
@@ -114,10 +123,6 @@ def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", s
     """Cross-person reenactment metrics (see the module docstring). portrait: one image or a list (first `shots`).
 
     box / face: the portrait's face given by hand / chosen among several, as `tkh.adapt.adapt` takes them."""
-    from tkh.adapt import adapt
-    from tkh.animate import load_driver, transfer_motion
-    from tkh.metrics import csim, identity_distance, landmark_error, palette_fraction
-
     t0 = time.perf_counter()
     images = portrait if isinstance(portrait, (list, tuple)) else [portrait]
     # the driver first: a video without a face is refused before minutes of fine-tuning
@@ -182,11 +187,6 @@ def evaluate_self(model, video: str | Path, shots: int = 8, mode: str = "ff", st
     from the returned frames: "identity" (CSIM, identity distance, same-person fraction: dlib), "landmarks"
     (landmark error and detected fraction: a landmark detector on the generated frames), "lpips" (VGG16).
     """
-    from tkh.adapt import adapt
-    from tkh.landmarks import crop, detect_video
-    from tkh.media import iter_video
-    from tkh.metrics import csim, identity_distance, landmark_error, lpips, palette_fraction, psnr, ssim
-
     t0 = time.perf_counter()
     vl = track if track is not None else detect_video(video, backend=backend, max_frames=max_frames,
                                                       progress=progress, require_face=False)
@@ -258,10 +258,6 @@ def evaluate(model, driver: str | Path, portrait: Any = None, mode: str = "ff", 
 
 def evaluate_from_cli(args) -> None:
     """`tkh evaluate --model NAME_OR_PATH (--portrait IMG | --self) --driver VIDEO [--mode] [--shots] --json OUT`."""
-    from tkh import pretrained
-    from tkh.adapt import default_device
-    from tkh.atomic import write_json
-
     if not args.self_reenact and not args.portrait:
         raise BadInputError("tkh evaluate needs --portrait IMG (cross-reenactment) or --self")
     device = torch.device(args.device) if getattr(args, "device", None) else default_device()

@@ -27,13 +27,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from tkh.errors import BadInputError, NoFaceError
+from tkh.landmarks import detect
+from tkh.landmarks.draw import PART_COLOURS
 from tkh.media import load_image, to_rgb_uint8
 from tkh.nets.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceResNet, load_dlib_face_resnet
+from tkh.nets.vgg16 import load_lpips
 from tkh.tensors import to_uint8
+
+# skimage.metrics costs 0.23 s to import (python -X importtime) and is imported in ssim() only; dlib and
+# face_recognition_models are the optional `offline` extra, imported where the dlib face helpers need them.
 
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45  # iBUG-68 outer eye corners, for the inter-ocular distance
 _lock = threading.Lock()
@@ -141,8 +148,6 @@ def psnr(a: Any, b: Any) -> float | np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _lpips_network(device: str):
-    from tkh.nets.vgg16 import load_lpips
-
     return load_lpips(device=device)
 
 
@@ -241,14 +246,9 @@ def _detect_shape(img: np.ndarray, name: str, fallback: str | None) -> Any:
             rects = detector(img, 2)  # small or tightly cropped faces (e.g. generated 128-256 px frames)
         if len(rects):
             return predictor(img, _largest(rects))
-    if fallback:
-        try:
-            from tkh.landmarks import detect  # optional: FAN finds faces on tight crops HOG misses
-        except ImportError:
-            detect = None
-        if detect is not None:
-            points = detect(img, backend=fallback, name=name)
-            return _shape_from_points(points, name)
+    if fallback:  # tkh.landmarks (FAN by default) finds faces on tight crops HOG misses
+        points = detect(img, backend=fallback, name=name)
+        return _shape_from_points(points, name)
     raise NoFaceError(f"{name}: no face found by dlib's detector; pass landmarks= or aligned=True for face chips")
 
 
@@ -290,7 +290,6 @@ def identity_embedding(images: Any, aligned: bool = False, landmarks: Any = None
     dev = str(device) if device is not None else "cpu"
     if aligned:
         imgs, batch = _as_uint8_list(images)
-        import cv2
 
         chips = np.stack([img if img.shape[:2] == (CHIP_SIZE, CHIP_SIZE) else
                           cv2.resize(img, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_AREA) for img in imgs])
@@ -372,10 +371,6 @@ def _hue_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def palette_hues() -> np.ndarray:
     """The hues (degrees) of the landmark drawing's colours that no skin or lip has (`SKIN_HUES` left out)."""
-    import cv2
-
-    from tkh.landmarks.draw import PART_COLOURS
-
     rgb = np.array(list(PART_COLOURS.values()), np.float32)[None] / 255.0
     hues = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[0, :, 0]
     return np.unique(hues[~_skin_hue(hues)])
@@ -398,8 +393,6 @@ def palette_fraction(images: Any, landmarks: Any, hue_tolerance: float = PALETTE
     with the real ones: real faces have a small base rate (blue eyes, a green shirt collar under the chin).
     Returns a float or (B,).
     """
-    import cv2
-
     imgs, batch = _as_uint8_list(images)
     lms = np.asarray(landmarks, dtype=np.float32)
     lms = lms[None] if lms.ndim == 2 else lms
