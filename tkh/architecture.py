@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode  # not the meta device: it cannot run autocast
 
 from tkh.config import Config, ModelConfig
+from tkh.models import TalkingHeadModel
 from tkh.models.blocks import AdaIN, ResBlock, ResBlockDown, ResBlockUp, SelfAttention
 
 __all__ = ["Block", "draw", "format_trace", "paper_description", "trace", "trace_config"]
@@ -81,10 +83,6 @@ def trace_config(cfg: Config | ModelConfig, num_videos: int = 1) -> dict[str, li
 
     Built and run on fake tensors (torch's FakeTensorMode: shapes only, no memory, no weights, no compute);
     spectral norm is left out, as it changes no shape."""
-    from torch._subclasses.fake_tensor import FakeTensorMode  # the meta device cannot run autocast
-
-    from tkh.models import TalkingHeadModel
-
     model_cfg = cfg if isinstance(cfg, ModelConfig) else cfg.model
     model_cfg = ModelConfig(**{**vars(model_cfg), "spectral_norm": False})
     s = model_cfg.image_size
@@ -109,6 +107,7 @@ def draw(traces: dict[str, list[Block]], inputs: dict[str, tuple[int, ...]] | No
     traces: {"E": trace(...), ...}; inputs: {"E": (6, 64, 64), ...} drawn as the first box of each row;
     outputs: {"E": "ê ∈ R^128", ...} written after the last box. Blocks that take ψ̂ = P·ê (AdaIN) are
     marked with ψ̂."""
+    # lazy: matplotlib.pyplot costs 0.42 s to import (python -X importtime); tracing needs none of it
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, Rectangle
 

