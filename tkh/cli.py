@@ -11,7 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tkh.errors import TkhError
+from tkh.errors import TkhError, describe_os_error
+
+# Each handler imports the package modules it runs, there and not here: `tkh --help` starts in ~0.2 s, and
+# importing them at the top would add torch's 1.2 s (tkh.train, adapt, evaluate, demo, data, nets) or 0.15-0.35 s
+# of numpy/cv2/PIL (tkh.landmarks, tkh.animate) to every command (python -X importtime).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _os_error_message(exc: BaseException, args: argparse.Namespace) -> str | None:
     """One line for a full disk or an unwritable path (naming the file and what to do), else None."""
-    from tkh.errors import describe_os_error
-
     return describe_os_error(exc, getattr(args, "out", None) or "the output")
 
 
