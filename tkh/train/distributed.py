@@ -59,8 +59,14 @@ def setup(device_hint: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, True)
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits at a barrier: rank 0 still writes
+    the last checkpoint and the loss plot when the others are done, and a rank that destroys its gloo
+    group (and exits) while a peer is still connected can abort with "terminate called without an active
+    exception" (seen in CI). After an error there is no barrier: the other ranks may never reach it."""
     if info.initialized_here and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -97,7 +97,7 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
     CheckpointError for an unusable checkpoint, NonFiniteLossError after train.max_nonfinite bad steps.
     """
     t_start, tc, callbacks = time.perf_counter(), cfg.train, callbacks or Callbacks()
-    info = distributed.setup(str(device or tc.device))
+    info, clean = distributed.setup(str(device or tc.device)), False
     try:
         run = build_run(cfg, Path(data), Path(out_dir), resume, info, device)
         state, model, main = run.state, run.model, info.is_main
@@ -152,11 +152,12 @@ def train(cfg: Config, data: str | os.PathLike, out_dir: str | os.PathLike, resu
             if (run.run_dir / "log.csv").exists():
                 write_image(run.run_dir / "losses.png", figure_to_array(plot_losses(run.run_dir)),
                             model=cfg.model.name)
+        clean = True
         return TrainResult(run_dir=run.run_dir, step=state.step, steps_run=state.step - steps_at_start,
                            stopped=stopped, checkpoint=ckpt_path, log=run.run_dir / "log.csv",
                            seconds=time.perf_counter() - t_start, losses=parts, model=model)
     finally:
-        distributed.teardown(info)
+        distributed.teardown(info, clean)
 
 
 def _stop_request(tc, t_start: float, step_info: StepInfo, callbacks: Callbacks, signals: StopSignals,
