@@ -5,7 +5,8 @@ drawing the 68 iBUG points as coloured polylines. This package is everything aro
 
 - `detect(image)` / `detect_video(path)`: landmarks with face-alignment (FAN) or dlib; `find_faces(image)`:
   every face found (`Detection`: `Face`s and the detector stage that found them; dlib's cascade is
-  `tkh.landmarks.cascade`). ``box=(x, y, w, h)`` gives a face by hand, ``face=N`` picks one of several.
+  `tkh.landmarks.cascade`, face-alignment's `tkh.landmarks.fan`). ``box=(x, y, w, h)`` gives a face by hand,
+  ``face=N`` picks one of several.
 - `crop(image, landmarks, size)`: the one square face crop used for training and inference, with a
   `CropTransform` back to the original; `stable_boxes(track)` for jitter-free video crops.
 - `rasterize(landmarks, size)` / `rasterize_torch(batch, size)`: the landmark image y.
@@ -16,22 +17,14 @@ drawing the 68 iBUG points as coloured polylines. This package is everything aro
 """
 
 from tkh.landmarks.crop import CropTransform, box_jitter, crop, face_box, stable_boxes
-from tkh.landmarks.detect import (
-    VideoLandmarks,
-    detect,
-    detect_video,
-    ensure_face_alignment_weights,
-    face_alignment_weight_paths,
-    find_faces,
-    get_backend,
-    reset_backends,
-    resolve_backend,
-)
+from tkh.landmarks.detect import detect, find_faces, get_backend, reset_backends, resolve_backend
 from tkh.landmarks.draw import PART_COLOURS, PARTS, draw_on_image, rasterize, rasterize_torch
 from tkh.landmarks.edit import CLOSURES, EXPRESSIONS, RANGES, edit, fit_pose, mean_face_3d
 from tkh.landmarks.faces import Detection, Face, parse_box
+from tkh.landmarks.fan import ensure_face_alignment_weights, face_alignment_weight_paths
 from tkh.landmarks.sanity import implausible_reason, plausible, plausible_track
 from tkh.landmarks.smooth import OneEuroFilter, smooth_track
+from tkh.landmarks.video import VideoLandmarks, detect_video
 
 __all__ = [
     "CLOSURES", "EXPRESSIONS", "PARTS", "PART_COLOURS", "RANGES", "CropTransform", "Detection", "Face", "OneEuroFilter",

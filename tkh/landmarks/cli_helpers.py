@@ -23,9 +23,10 @@ import numpy as np
 
 from tkh.errors import BadInputError, NoFaceError
 from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage
-from tkh.landmarks.detect import detect_video, find_faces
+from tkh.landmarks.detect import find_faces
 from tkh.landmarks.draw import draw_on_image, rasterize
 from tkh.landmarks.faces import metadata, pick, report
+from tkh.landmarks.video import detect_video
 from tkh.media import is_video, iter_video, load_image, write_image
 
 
