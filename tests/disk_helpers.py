@@ -77,15 +77,17 @@ sys.exit(0)
 
 
 def fake_ffmpeg(monkeypatch, folder: Path, script: str = FAKE_FFMPEG) -> Path:
-    """Make tkh.media run `script` (formatted with python, real, folder) instead of ffmpeg."""
+    """Make tkh.media run `script` (formatted with python, real, folder) instead of ffmpeg.
+
+    Patched in `tkh.media.writers`, the module whose functions look `_ffmpeg_exe` up when they run."""
     import imageio_ffmpeg
 
-    import tkh.media
+    import tkh.media.writers
 
     exe = folder.parent / f"fake_ffmpeg_{folder.name}"
     exe.write_text(script.format(python=sys.executable, real=imageio_ffmpeg.get_ffmpeg_exe(), folder=str(folder)))
     exe.chmod(0o755)
-    monkeypatch.setattr(tkh.media, "_ffmpeg_exe", lambda: str(exe))
+    monkeypatch.setattr(tkh.media.writers, "_ffmpeg_exe", lambda: str(exe))
     return exe
 
 
