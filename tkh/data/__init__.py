@@ -13,11 +13,12 @@ See `tkh.data.cache` for the cache format and `tkh.data.sources` for video ids.
 
 from tkh.data.cache import CacheInfo, VideoEntry, load_cache_index, split_identities
 from tkh.data.episodes import MIRROR_68, EpisodeDataset, EpisodeSampler, flip_landmarks
-from tkh.data.preprocess import PreprocessSummary, preprocess, process_video, sample_indices
+from tkh.data.preprocess import PreprocessSummary, preprocess, process_video
+from tkh.data.sampling import iter_sampled_frames, sample_indices
 from tkh.data.sources import VideoSource, apply_identities, discover_videos, read_identities
 
 __all__ = [
     "MIRROR_68", "CacheInfo", "EpisodeDataset", "EpisodeSampler", "PreprocessSummary", "VideoEntry", "VideoSource",
     "apply_identities", "discover_videos", "flip_landmarks", "load_cache_index", "preprocess", "process_video",
-    "read_identities", "sample_indices", "split_identities",
+    "iter_sampled_frames", "read_identities", "sample_indices", "split_identities",
 ]
