@@ -7,6 +7,7 @@ asserts wall-clock time). The paintings of ../shared/portraits are in test_landm
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 
 import numpy as np
@@ -70,11 +71,24 @@ def test_blank_image_runs_every_hog_stage_then_stops_without_cnn(dlib_backend):
 
 
 def test_time_cap_skips_the_4x_search(dlib_backend):
-    """A clock on which every stage seems to take 1 s: 4x the 2x search's second would pass the cap."""
+    """A clock advancing 1 s per reading, so every search seems to take 1 s: the 2x search is predicted to end
+    at 3 + 4 x 1 = 7 s (within 9 s), the 4x one at 6 + 4 x 1 = 10 s (past it)."""
     ticks = itertools.count()
-    det = dlib_backend.find(np.full((120, 160, 3), 127, np.uint8), cnn=False, time_budget=2.5,
+    det = dlib_backend.find(np.full((120, 160, 3), 127, np.uint8), cnn=False, time_budget=9.0,
                             clock=lambda: float(next(ticks)))
     assert det.tried == ["hog", "hog-up1"] and det.skipped == ["hog-up2 (time cap)"]
+
+
+def test_time_cap_skips_the_2x_search_predicted_from_the_1x(dlib_backend):
+    """The same clock: the 2x search has 4x the pixels of the 1x one, so it is predicted at 4x its 1 s and,
+    ending at 7 s, does not run under a 6 s cap (memory would allow it); without a cap it runs."""
+    ticks = itertools.count()
+    image = np.full((120, 160, 3), 127, np.uint8)
+    det = dlib_backend.find(image, cnn=False, time_budget=6.0, clock=lambda: float(next(ticks)))
+    assert det.tried == ["hog"] and det.skipped == ["hog-up1 (time cap)"]
+    ticks = itertools.count()
+    det = dlib_backend.find(image, cnn=False, time_budget=7.0, clock=lambda: float(next(ticks)))
+    assert det.tried == ["hog", "hog-up1"]  # ends at 7 s: within the cap
 
 
 def test_memory_cap_skips_upsampling(dlib_backend, monkeypatch):
@@ -162,6 +176,30 @@ def test_several_faces_are_listed_and_face_n_chooses(two_faces):
         detect(two_faces, backend="dlib", face=3)
 
 
+@pytest.fixture(scope="module")
+def two_faces_small(two_faces) -> np.ndarray:
+    """`two_faces` at half size (384x300): HOG at 1x finds only the large face (~105 px); the small one (~53 px)
+    needs the 2x search, which the cascade does not run once the first stage found a face."""
+    return np.ascontiguousarray(two_faces[::2, ::2])
+
+
+@pytest.fixture(scope="module")
+def all_faces_small(two_faces_small):
+    return find_faces(two_faces_small, backend="dlib", all_faces=True)  # the CNN on a 768x600 copy: ~3 s
+
+
+def test_all_faces_runs_every_stage_and_finds_the_face_the_first_stage_missed(two_faces_small, all_faces_small):
+    default = find_faces(two_faces_small, backend="dlib")
+    assert default.stage == "hog" and default.tried == ["hog"] and len(default.faces) == 1
+    every = all_faces_small
+    assert every.tried == ["hog", "hog-up1", "hog-up2", "cnn"]  # the CNN upright only
+    assert len(every.faces) >= 2 > len(default.faces) and every.stage == "hog"  # the first stage with a face
+    assert every.faces[0].box == default.faces[0].box  # merged: the earlier stage's box of the same face
+    small = every.faces[1]
+    assert small.stage != "hog" and small.box[0] + small.box[2] <= 128 + 8  # the half-size Grace Hopper, left
+    assert all(plausible(f.landmarks, f.box) for f in every.faces)
+
+
 def test_no_face_error_says_what_was_tried_and_how_to_give_the_box():
     with pytest.raises(NoFaceError, match=r"blank: no face found \(dlib backend: hog, hog-up1, hog-up2, cnn, "
                                           r"cnn-rot90, cnn-rot270 tried in .* s\); give the face by hand: "
@@ -179,7 +217,7 @@ def test_batch_takes_one_box_per_image(grace_hopper, hopper_face):
 
 
 # ---------------------------------------------------------------------------------------------
-# the command line: --box, --face, --all-faces; the landmarks file says how the face was found
+# the command line: --box, --face, --all-faces (and its hint); the landmarks file says how the face was found
 # ---------------------------------------------------------------------------------------------
 def _run(capsys, *args) -> tuple[int, str, str]:
     from tkh.cli import main
@@ -205,6 +243,7 @@ def test_cli_landmarks_records_the_stage_and_faces(tmp_path, capsys, two_faces_p
     with pytest.warns(UserWarning, match="2 faces found"):
         rc, printed, _ = _run(capsys, "landmarks", two_faces_png, "--out", out, "--backend", "dlib")
     assert rc == 0 and "found by hog in" in printed and "face 1 of 2" in printed
+    assert "--all-faces" not in printed  # both faces listed already: no hint
     with np.load(out) as f:
         assert str(f["stage"]) == "hog" and str(f["stages_tried"]) == "hog" and int(f["face"]) == 1
         assert f["faces"].tolist() == det.boxes().tolist() and tuple(f["box"]) == det.faces[0].box
@@ -218,6 +257,62 @@ def test_cli_landmarks_records_the_stage_and_faces(tmp_path, capsys, two_faces_p
     assert rc == 0 and "found by box" in printed
     with np.load(out) as f:
         assert str(f["stage"]) == "box" and np.allclose(f["landmarks"], det.faces[1].landmarks)
+
+
+def test_cli_all_faces_lists_every_face(tmp_path, capsys, two_faces_small, all_faces_small):
+    from PIL import Image
+
+    image = tmp_path / "small.png"
+    Image.fromarray(two_faces_small).save(image)
+    out = tmp_path / "l.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one face by default: no "faces found" warning
+        rc, printed, _ = _run(capsys, "landmarks", image, "--out", out, "--backend", "dlib")
+    assert rc == 0 and "found by hog in" in printed and "face 1 of" not in printed
+    listing = "; ".join(f"#{i} {','.join(map(str, f.box))}" for i, f in enumerate(all_faces_small.faces, 1))
+    n = len(all_faces_small.faces)
+    with pytest.warns(UserWarning, match=f"{n} faces found by hog .*{listing}; using #1"):
+        rc, printed, _ = _run(capsys, "landmarks", image, "--out", out, "--backend", "dlib", "--all-faces")
+    assert rc == 0 and f"face 1 of {n}" in printed
+    with np.load(out) as f:
+        assert f["faces"].tolist() == all_faces_small.boxes().tolist() and str(f["stages_tried"]).endswith("cnn")
+
+
+def test_group_hint_only_where_a_later_stage_could_find_more(grace_hopper, hopper_face):
+    """The rule on detections as the cascade returns them: one small face found by a HOG stage -> a hint."""
+    from tkh.landmarks.faces import Detection, Face, group_hint
+
+    lone = Face(hopper_face.landmarks, (0, 0, 100, 100), 1.0, "hog")  # 1 % of a 1000x1000 image
+    assert "1 face found by hog, 1.0% of the image: a group painting? --all-faces" in group_hint(
+        Detection([lone], "hog", "dlib", tried=["hog"]), (1000, 1000))
+    assert group_hint(Detection([lone], "hog", "dlib", tried=["hog"]), (500, 500)) == ""  # 4 %: a portrait
+    assert group_hint(Detection([lone, lone], "hog", "dlib", tried=["hog"]), (1000, 1000)) == ""  # listed already
+    assert group_hint(Detection([lone], "cnn", "dlib", tried=["hog", "hog-up1", "hog-up2", "cnn"]),
+                      (1000, 1000)) == ""  # every stage all_faces would run has run
+    assert group_hint(Detection([lone], "hog", "dlib", tried=["hog", "hog-up1", "hog-up2", "cnn"]),
+                      (1000, 1000)) == ""  # all_faces itself
+    assert group_hint(Detection([lone], "s3fd", "face_alignment", tried=["s3fd"]), (1000, 1000)) == ""
+    assert group_hint(Detection([lone], "box", "dlib", tried=["box"]), (1000, 1000)) == ""
+    # the real cascade: Grace Hopper's portrait (her face ~10 % of it) gets none
+    assert group_hint(find_faces(grace_hopper, backend="dlib"), grace_hopper.shape) == ""
+
+
+def test_cli_hints_at_all_faces_for_one_small_face(tmp_path, capsys, two_faces_small, grace_hopper):
+    """The half-size pair on a 768x600 canvas: HOG at 1x finds one face, 2.4 % of the image -> the hint."""
+    from PIL import Image
+
+    canvas = np.full((600, 768, 3), 127, np.uint8)
+    canvas[:300, :384] = two_faces_small
+    image, portrait = tmp_path / "canvas.png", tmp_path / "hopper.png"
+    Image.fromarray(canvas).save(image)
+    Image.fromarray(grace_hopper).save(portrait)
+    out = tmp_path / "l.npz"
+    rc, printed, _ = _run(capsys, "landmarks", image, "--out", out, "--backend", "dlib")
+    assert rc == 0 and "found by hog in" in printed
+    assert re.search(r"-> \S+l\.npz; 1 face found by hog, 2\.\d% of the image: a group painting\? --all-faces "
+                     r"searches every stage$", printed.strip()), printed
+    rc, printed, _ = _run(capsys, "landmarks", portrait, "--out", out, "--backend", "dlib")
+    assert rc == 0 and "--all-faces" not in printed  # a portrait: no hint
 
 
 @pytest.mark.parametrize("extra, needle", [

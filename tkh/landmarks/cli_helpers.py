@@ -25,7 +25,7 @@ from tkh.errors import BadInputError, NoFaceError
 from tkh.landmarks.coverage import MIN_FACE_FRACTION, face_coverage
 from tkh.landmarks.detect import find_faces
 from tkh.landmarks.draw import draw_on_image, rasterize
-from tkh.landmarks.faces import metadata, pick, report
+from tkh.landmarks.faces import group_hint, metadata, pick, report
 from tkh.landmarks.video import detect_video
 from tkh.media import is_video, iter_video, load_image, write_image
 
@@ -93,13 +93,15 @@ def run_landmarks_command(input: str | os.PathLike, out: str | os.PathLike, plot
             lms = chosen.landmarks
             np.savez_compressed(tmp, landmarks=lms, source=str(src), backend=found.backend,
                                 image_size=np.array(image.shape[:2]), **metadata(found, chosen))
-            summary = {"frames": 1, "with_face": 1, "backend": f"{found.summary()}{_which(found, chosen)}"}
+            summary = {"frames": 1, "with_face": 1, "backend": f"{found.summary()}{_which(found, chosen)}",
+                       "hint": group_hint(found, image.shape)}
             if plot is not None:
                 write_image(plot, landmark_plot(image, lms), model="landmarks")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)  # nothing partial is left when writing fails (disk full)
     rejected = f", {summary['rejected']} detection(s) rejected" if summary.get("rejected") else ""
+    hint = f"; {summary['hint']}" if summary.get("hint") else ""
     print(f"tkh landmarks: {summary['with_face']}/{summary['frames']} frame(s) with a face{rejected} "
-          f"({summary['backend']}) -> {out}" + (f", plot {plot}" if plot else ""))
+          f"({summary['backend']}) -> {out}" + (f", plot {plot}" if plot else "") + hint)
     return summary

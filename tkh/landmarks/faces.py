@@ -23,6 +23,10 @@ from tkh.landmarks.sanity import implausible_reason
 
 MIN_BOX_SIDE = 20  # pixels: the 68-point fitter needs at least this much face (the eyes > 10 px apart)
 MIN_BOX_INSIDE = 0.5  # fraction of a given box's area that must lie on the image
+# A lone face smaller than this fraction of the image suggests others the cascade did not look for: on
+# ../shared/portraits the 4 group paintings where it stopped at one face had 0.2-2.7 %, the 15 single
+# sitters HOG found 3.2-38 % (dlib_detection_2026-12-02.tsv; a tie-break fitted to 19 images, not a law)
+GROUP_HINT_FRACTION = 0.03
 
 Box = tuple[int, int, int, int]  # (x, y, w, h) in pixels
 
@@ -203,6 +207,23 @@ def metadata(detection: Detection, face: Face) -> dict[str, Any]:
     return {"stage": detection.stage, "stages_tried": ",".join(detection.tried),
             "detect_seconds": round(float(detection.seconds), 3), "box": np.array(face.box, np.int64),
             "faces": detection.boxes(), "face": number}
+
+
+def group_hint(detection: Detection, image_shape: Sequence[int]) -> str:
+    """A few words suggesting ``--all-faces`` when the search stopped at one small face, else "".
+
+    Only where more faces could honestly be found: dlib's cascade stops at the first stage with a face,
+    so when that was a HOG stage, its later stages and the CNN (which `all_faces` runs on a larger copy)
+    never looked for the small, turned or painted faces of the others; and only when the face is a small
+    part of the image (`GROUP_HINT_FRACTION`), so a portrait's sitter gets no hint."""
+    if detection.backend != "dlib" or len(detection.faces) != 1 or "cnn" in detection.tried \
+            or not detection.stage.startswith("hog"):
+        return ""
+    fraction = detection.faces[0].area / max(1, int(image_shape[0]) * int(image_shape[1]))
+    if fraction >= GROUP_HINT_FRACTION:
+        return ""
+    return (f"1 face found by {detection.stage}, {fraction:.1%} of the image: a group painting? "
+            "--all-faces searches every stage")
 
 
 def report(detection: Detection, face: Face, name: str = "image", fallback: bool = True) -> None:
