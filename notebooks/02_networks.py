@@ -19,17 +19,18 @@
 # **What this teaches.** The three networks of Zakharov et al. (ICCV 2019, sec. 3.1; architecture in sec. 3.4),
 # built from `tkh.models` at the `tiny` size and opened up block by block:
 #
-# - the **embedder** E turns frames and their landmark images into one vector ê per person;
-# - the **generator** G draws a landmark image y as that person: ê reaches G only through the AdaIN
-#   parameters ψ̂ = P·ê, so ê decides *who* and y decides *how the face is posed*;
-# - the **discriminator** D scores realism with a projection, r = V(x, y)ᵀ(W_i + w0) + b, where W_i is a
-#   learned vector per training video and w0 + ê stands in for it for a new person (sec. 3.3).
+# - the **embedder** E turns frames and their landmark images into one vector $\hat e$ per person;
+# - the **generator** G draws a landmark image y as that person: $\hat e$ reaches G only through the AdaIN
+#   parameters $\hat\psi = \mathbf{P}\,\hat e$, so $\hat e$ decides *who* and y decides *how the face is posed*;
+# - the **discriminator** D scores realism with a projection, $r = V(x, y)^\top(\mathbf{W}_i + \mathbf{w}_0) + b$,
+#   where $\mathbf{W}_i$ is a learned vector per training video and $\mathbf{w}_0 + \hat e$ stands in for it for a
+#   new person (sec. 3.3).
 #
 # You will print the shape after every block beside the paper's description, draw the architecture, compare
 # the parameter counts with the paper's, swap ê between two people with the shipped weights, and compute D's
 # score by hand.
 #
-# **Time.** About half a minute on a CPU (two feed-forward adaptations with the shipped weights); the same on a GPU.
+# **Time.** Under a minute on 2 CPU cores (two feed-forward adaptations with the shipped weights); the same on a GPU.
 
 # %%
 # Colab only: clone tkh (its shipped weights come along) and install it; a local checkout has both (`bash setup.sh`).
@@ -94,12 +95,15 @@ print("ê", tuple(e_hat.shape), "| x̂", tuple(x_hat.shape), "| r", tuple(r.shap
 # ## 2 · The shape after every block, beside the paper
 #
 # `tkh.architecture.trace` runs one forward pass with a hook on every building block (sec. 3.4: BigGAN-style
-# residual blocks, self-attention, AdaIN). The paper's networks (256 px, widths 64 → 512) have the same
-# blocks; `tiny` has fewer (64 px) and narrower ones (32 → 128).
+# residual blocks, self-attention, AdaIN). The paper's networks (256 px, widths 64 → 512, the `paper-256`
+# config) have the same blocks; `tiny` has fewer and narrower ones (its size and widths are printed first).
 
 # %%
 from tkh.architecture import format_trace, trace
 
+for name in (CONFIG, "paper-256"):
+    m = load_config(name).model
+    print(f"{name}: {m.image_size} px, widths {m.base_channels} → {m.max_channels}")
 traces = {"E": trace(E, x_k, y_k), "G": trace(G, y, e_hat), "D": trace(D, x, y, i)}
 for name, blocks in traces.items():
     print(f"--- {name} ({CONFIG}) ---")
@@ -128,9 +132,10 @@ fig = draw(traces, inputs={"E": (6, S, S), "G": (3, S, S), "D": (6, S, S)},
 # %% [markdown]
 # ## 3 · How many parameters?
 #
-# Counted by `tkh.models.param_counts` for three configs, beside the rounded counts quoted for the paper's
-# networks (E ≈ 15 M, G ≈ 38 M, D ≈ 20 M) and one public re-implementation's at 256 px. D is counted without W, which adds N numbers per
-# training video.
+# Counted by `tkh.models.param_counts` for three configs, beside the rounded counts usually quoted for the
+# paper's networks (column "quoted": E ≈ 15 M, G ≈ 38 M, D ≈ 20 M, gathered from public summaries and
+# re-implementations, not numbers we have checked in the paper's text) and the counts measured on one public
+# re-implementation at 256 px. D is counted without W, which adds N numbers per training video.
 
 # %%
 import matplotlib.pyplot as plt
@@ -139,7 +144,7 @@ import numpy as np
 from tkh.models import PAPER_COUNTS, REIMPL_COUNTS, param_counts
 
 counts = {name: param_counts(load_config(name)) for name in ("tiny", "small", "paper-256")}
-print(f"{'':6}" + "".join(f"{name:>12}" for name in counts) + f"{'paper':>10}{'re-impl.':>10}")
+print(f"{'':6}" + "".join(f"{name:>12}" for name in counts) + f"{'quoted':>10}{'re-impl.':>10}")
 for key in ("E", "G", "G.P", "D"):
     row = "".join(f"{c[key] / 1e6:>11.2f}M" for c in counts.values())
     paper_n = f"{PAPER_COUNTS[key] / 1e6:>9.0f}M" if key in PAPER_COUNTS else f"{'':>10}"
@@ -148,10 +153,10 @@ for key in ("E", "G", "G.P", "D"):
 
 fig, ax = plt.subplots(figsize=(7, 3))
 nets = ["E", "G", "D"]
-for j, (name, c) in enumerate([*counts.items(), ("paper", PAPER_COUNTS)]):
+for j, (name, c) in enumerate([*counts.items(), ("quoted for the paper", PAPER_COUNTS)]):
     ax.bar(np.arange(3) + 0.2 * j, [c[k] / 1e6 for k in nets], width=0.2, label=name)
 ax.set_xticks(np.arange(3) + 0.3, nets), ax.set_yscale("log"), ax.set_ylabel("parameters (M)"), ax.legend()
-ax.set_title("parameters per network: tkh's configs and the paper")
+ax.set_title("parameters per network: tkh's configs and the counts quoted for the paper")
 plt.show()
 
 # %% [markdown]
@@ -198,17 +203,26 @@ print("AdaIN by hand == tkh.models.blocks.AdaIN")
 # the identity leakage of sec. 4.4 that `tkh.animate.transfer_motion` avoids by moving only the motion. The
 # bottom row magnifies what ê changes: |x̂(ê of the first) − x̂(ê of the second)|, × 4.
 #
-# **What to expect from the shipped weights.** They were meta-trained for 75 minutes on two CPU cores (the paper:
-# days on GPUs), and their ê carries little identity yet: the two rows differ in colour and texture more than in
-# who it is (their manifest's feed-forward SSIM is 0.35 against 0.51 after 40 fine-tuning steps). The mechanism is
-# the one above all the same; fine-tuning (notebook 04) is what brings the person in with these weights.
+# **What to expect from the shipped weights.** They were meta-trained with far less data and compute than the
+# paper's (days on GPUs); the cell below prints what their manifest records: how they were trained, and their
+# held-out scores feed-forward (FF) against fine-tuned (FT). Their $\hat e$ carries little identity yet: the two
+# rows differ in colour and texture more than in who it is. The mechanism is the one above all the same; fine-tuning
+# (notebook 04) is what brings the person in with these weights.
 
 # %%
+from tkh import pretrained
 from tkh.adapt import adapt, landmark_images, to_tensor, to_uint8
 from tkh.landmarks import edit
 from tkh.notebook import load_model, two_people
 
 shipped = load_model()
+if pretrained.available():  # what the manifest says, so this text follows the weights that are shipped
+    entry = pretrained.info()
+    mean = entry["metrics"]["mean"]
+    print(entry["description"])
+    print(f"held-out, 1 shot: SSIM FF {mean['ff-1']['ssim']:.2f}, FT {mean['ft-1']['ssim']:.2f}; "
+          f"CSIM FF {mean['ff-1']['csim']:.3f}, FT {mean['ft-1']['csim']:.3f} "
+          f"({entry['metrics']['protocol'].split('; ')[-1]})")
 people = two_people()
 ff = {name: adapt(shipped, [image], mode="ff", progress=False) for name, image in people.items()}
 (a, A), (b, B) = ff.items()
@@ -235,9 +249,10 @@ fig
 # %% [markdown]
 # ## 5 · The projection discriminator
 #
-# D's body V(x, y; θ) is E's design plus one more residual block at 4×4; it maps a frame and its landmark image
-# to a vector in R^N. The realism score of a frame of training video i projects that vector on the video's own
-# row of W, plus a shared w0, plus a bias (sec. 3.1; a projection discriminator after Miyato & Koyama 2018):
+# D's body $V(x, y; \theta)$ is E's design plus one more residual block at 4×4; it maps a frame and its landmark
+# image to a vector in $\mathbb{R}^N$. The realism score of a frame of training video i projects that vector on the
+# video's own row of W, plus a shared w0, plus a bias (sec. 3.1; a projection discriminator after Miyato & Koyama
+# 2018):
 #
 # $$r(x, y, i) = V(x, y;\ \theta)^\top \big(\mathbf{W}_i + \mathbf{w}_0\big) + b .$$
 #
@@ -254,16 +269,37 @@ print("r by hand:", r_by_hand.numpy().round(4), "== D(x, y, i):", r_tkh.numpy().
 print("D's block outputs (for L_FM):", [tuple(f.shape[1:]) for f in blocks_out])
 
 # %% [markdown]
+# The same sum drawn in its three parts, for each of the two frames scored as a frame of every training video i:
+# $V^\top\mathbf{W}_i$ depends on the video (its own row of W), $V^\top\mathbf{w}_0$ and the bias b are shared by
+# all videos. So only the first part says *whose* frame it should be: along a frame's bars only it changes. This D
+# is untrained, and tkh starts $\mathbf{w}_0$ and b at 0, so here every bit of r comes from W (and to an untrained
+# D two noise frames look alike, so both frames' bars nearly repeat); the shipped D's trained $\mathbf{w}_0$ and b
+# show up in section 6.
+
+# %%
+from tkh.notebook import score_parts
+
+videos = torch.arange(VIDEOS)
+with torch.no_grad():
+    per_video = v @ D.W.T                                    # Vᵀ W_i for every row i: (2, VIDEOS)
+    parts = {"Vᵀ W_i (the video's row)": per_video.flatten(),
+             "Vᵀ w0 (shared)": (v @ D.w0).repeat_interleave(VIDEOS), "b (shared)": D.b.expand(2 * VIDEOS)}
+fig = score_parts(parts, [f"frame {f}\ni = {int(j)}" for f in range(2) for j in videos],
+                  title="r = Vᵀ W_i + Vᵀ w0 + b: two frames, scored as each training video i (tiny D, untrained)")
+fig
+
+# %% [markdown]
 # ## 6 · A new person: w0 + ê
 #
-# W has a row only for the training videos. During meta-learning L_MCH = λ_MCH‖W_i − ê_i‖₁ (sec. 3.2, notebook 03)
-# pulls each row towards that video's embedding, so for a person D never saw, ê_NEW is the natural stand-in for the
-# missing row: fine-tuning starts D from (sec. 3.3)
+# W has a row only for the training videos. During meta-learning
+# $\mathcal{L}_{\mathrm{MCH}} = \lambda_{\mathrm{MCH}} \lVert \mathbf{W}_i - \hat e_i \rVert_1$ (sec. 3.2, notebook 03)
+# pulls each row towards that video's embedding, so for a person D never saw, $\hat e_{\mathrm{NEW}}$ is the natural
+# stand-in for the missing row: fine-tuning starts D from (sec. 3.3)
 #
 # $$\mathbf{w}' = \mathbf{w}_0 + \hat e_{\mathrm{NEW}}, \qquad r' = V(x, y)^\top \mathbf{w}' + b .$$
 #
-# The shipped weights keep no W at all (it is useless for new people), only w0 and b. By hand, for the first
-# person, and checked against `D.score_with_w`:
+# The shipped weights keep no W at all (it is useless for new people), only $\mathbf{w}_0$ and b. By hand, for the
+# first person, and checked against `D.score_with_w`:
 
 # %%
 D_s = shipped.D
@@ -275,23 +311,28 @@ with torch.no_grad():
     r_new = v_a @ w_new + D_s.b
     r_tkh, _ = D_s.score_with_w(x_a, y_a, w_new)
     assert torch.allclose(r_new, r_tkh, atol=1e-4)
-    scores = {f"real {a}, w0 + ê_{a}": r_new.item(),
-              f"G's {a}, w0 + ê_{a}": D_s.score_with_w(to_tensor(A.render(A.crop_landmarks[0]), batch=True), y_a, w_new)[0].item(),
-              f"real {b}, w0 + ê_{a}": D_s.score_with_w(x_b, y_b, w_new)[0].item(),
-              f"real {a}, w0 only": D_s.score_with_w(x_a, y_a, D_s.w0)[0].item()}
+    fake_a = to_tensor(A.render(A.crop_landmarks[0]), batch=True)
+    rows = {f"real {a}, w' = w0 + ê_{a}": (x_a, y_a, A.e_hat), f"G's {a}, w' = w0 + ê_{a}": (fake_a, y_a, A.e_hat),
+            f"real {b}, w' = w0 + ê_{a}": (x_b, y_b, A.e_hat), f"real {a}, w' = w0 only": (x_a, y_a, 0 * A.e_hat)}
+    feats = {name: D_s.features(xx, yy)[0][0] for name, (xx, yy, _) in rows.items()}
+    parts = {"Vᵀ ê_NEW": [feats[n] @ e for n, (_, _, e) in rows.items()],
+             "Vᵀ w0": [feats[n] @ D_s.w0 for n in rows], "b": [D_s.b.item()] * len(rows)}
+    scores = {n: D_s.score_with_w(xx, yy, D_s.w0 + e)[0].item() for n, (xx, yy, e) in rows.items()}
 print(f"shipped D: W {tuple(D_s.W.shape)}; r' by hand {r_new.item():.3f} == D.score_with_w {r_tkh.item():.3f}")
 
 # %% [markdown]
-# What the projection on w0 + ê_NEW says about a real frame of the person, G's redraw of it, a real frame of the
-# other person, and the person's frame projected on w0 alone. These are the scores fine-tuning starts from; FT
-# then trains w' (and D's θ, b) on the T images, and D only has to learn this one person.
+# What the projection on $\mathbf{w}_0 + \hat e_{\mathrm{NEW}}$ says about a real frame of the person, G's redraw
+# of it, a real frame of the other person, and the person's frame projected on $\mathbf{w}_0$ alone, each score
+# split into its parts as in section 5, now with the shipped D's trained $\mathbf{w}_0$ and b. These are the
+# scores fine-tuning starts from; FT then trains w' (and D's θ, b) on the T images, and D only has to learn this
+# one person.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 2.8))
-ax.barh(list(scores), list(scores.values()), color=["#55a868", "#dd8452", "#4c72b0", "#999999"])
-ax.axvline(0, color="k", lw=0.8), ax.invert_yaxis(), ax.set_xlabel("realism score r'")
-ax.set_title("the shipped D's scores with w' = w0 + ê_NEW (sec. 3.3)")
-plt.tight_layout()
+assert np.allclose([sum(float(p[j]) for p in parts.values()) for j in range(len(rows))], list(scores.values()),
+                   atol=1e-3)  # the parts add up to D's score
+fig = score_parts(parts, list(scores), horizontal=True, total_label="r', their sum",
+                  title="the shipped D's scores with w' = w0 + ê_NEW (sec. 3.3)")
+fig
 
 # %% [markdown]
 # ## Exercises

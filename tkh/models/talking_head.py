@@ -28,7 +28,8 @@ __all__ = ["FORMAT", "PAPER_COUNTS", "REIMPL_COUNTS", "TalkingHeadModel", "confi
 
 FORMAT = "tkh.TalkingHeadModel/1"  # written into every checkpoint's header
 
-# Rounded parameter counts quoted for the paper's 256-px networks, and those measured on one public
+# Rounded parameter counts usually quoted for the paper's 256-px networks (gathered from public summaries and
+# re-implementations, not numbers checked in the paper's text), and those measured on one public
 # re-implementation at 256 px.
 PAPER_COUNTS = {"E": 15.0e6, "G": 38.0e6, "D": 20.0e6}
 REIMPL_COUNTS = {"E": 14.9e6, "G": 38.2e6, "D": 19.6e6}
