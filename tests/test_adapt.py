@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tkh import pretrained
+from tkh import precision, pretrained
 from tkh.adapt import AdaptedPortrait, adapt
 from tkh.errors import CheckpointError
 from tkh.landmarks import detect
@@ -182,9 +182,15 @@ def test_finetune_cli_shots_writes_a_small_file_naming_its_base(model, shipped, 
     monkeypatch.setenv("TKH_PRETRAINED", str(shipped))
     monkeypatch.setenv("TKH_OFFLINE", "1")
     out = tmp_path / "me.safetensors"
+    capsys.readouterr()
     rc = main(["finetune", "--model", NAME, "--images", *paths, "--shots", "8", "--steps", "2", "--device", "cpu",
                "--out", str(out)])
-    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    # the one-line summary names the precision verdict the run used (the same policy adapt resolves)
+    verdict = precision.resolve(model.cfg.adapt.amp, model.cfg.adapt.channels_last, "cpu", model.cfg.model).describe()
+    line = [ln for ln in printed.out.splitlines() if ln.startswith("tkh finetune:")]
+    assert len(line) == 1 and "FT on 8 image(s) in " in line[0] and f"s ({verdict}), reconstruction" in line[0]
     with safe_open(str(out), framework="pt") as f:
         header = f.metadata()
     assert header["base_name"] == NAME and header["base_sha256"] == model.weights_sha256

@@ -69,13 +69,17 @@ def test_mona_lisa_wrong_checksum_and_failed_download_fall_back(tmp_path, grace_
         assert p.name == "renaissance_portrait.jpg"
 
 
-def test_run_demo_tiny_model_outputs_labelled(tmp_path, monkeypatch):
+def test_run_demo_tiny_model_outputs_labelled(tmp_path, monkeypatch, capsys):
     from tkh.demo import run_demo
 
     monkeypatch.setenv("TKH_PRETRAINED", str(make_tiny_pretrained(tmp_path / "pretrained")))
     t = time.perf_counter()
     s = run_demo(out_dir=tmp_path / "out", steps=3, frames_per_edit=4, device="cpu", progress=False)
+    first = capsys.readouterr().out.splitlines()[0]
     print(f"demo (tiny, 3 FT steps, 20 frames): {time.perf_counter() - t:.1f}s")
+    # the precision verdict FT ran under is in the first line, as the README says, with the planned steps
+    assert first.startswith("tkh demo: portrait grace-hopper; weights tiny-test") and s["precision"] in first
+    assert first.endswith("; 3 fine-tuning steps") and s["precision"].startswith(("float32", "bf16 autocast"))
     for name in ("animation.mp4", "animation.gif", "contact_sheet.png"):
         path = tmp_path / "out" / name
         assert path.is_file() and "tkh" in (read_label(path) or ""), name
@@ -127,6 +131,17 @@ def test_ft_time_budget_stops_on_the_clock_not_the_machine(monkeypatch, grace_ho
     with pytest.warns(RuntimeWarning, match="time cap"):
         again = adapt(net, [grace_hopper], cfg=cfg, device="cpu", progress=False)
     assert len(again.history) == len(out.history)
+
+
+def test_demo_help_quotes_the_step_budget_of_demo_settings(capsys):
+    from tkh.cli import build_parser
+    from tkh.demo import demo_settings
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cpu, gpu = (demo_settings(torch.device(d))["steps"] for d in ("cpu", "cuda"))
+    assert f"--steps STEPS fine-tuning steps (default: {cpu} on a CPU, {gpu} on a GPU)" in text
 
 
 def run_demo_cli(out: Path, **env_vars: str | None) -> dict:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tkh import pretrained
+from tkh import precision, pretrained
 from tkh.evaluate import evaluate
 
 from adapt_helpers import NAME, make_tiny_pretrained
@@ -41,6 +41,9 @@ def test_self_reenactment_cli(shipped, carphone_path, tmp_path, monkeypatch):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["protocol"] == "self" and r["shots"] == 2
+    cfg = pretrained.load(shipped).cfg  # the precision verdict its times were measured under
+    assert r["precision"] == precision.resolve(cfg.adapt.amp, cfg.adapt.channels_last, "cpu", cfg.model).describe()
+    assert r["precision"].startswith(("float32", "bf16 autocast"))
     assert not set(r["adapt_frames"]) & set(r["eval_frames"])  # held-out frames only
     assert 0.0 <= r["ssim"] <= 1.0 and math.isfinite(r["psnr"])
     from tkh.nets import vgg16_available

@@ -80,6 +80,31 @@ def test_resume_equals_uninterrupted_run(tiny_cache, tmp_path):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-6)
 
 
+def test_cli_resume_says_what_it_resumed_and_when_the_run_is_complete(tiny_cache, tmp_path, capsys):
+    """`tkh train --resume`: the first line names the step and checkpoint it continues from; resuming a finished
+    run says so (and where its checkpoint is) instead of a silent "after 0 steps"."""
+    yaml_path = tmp_path / "tiny.yaml"
+    tiny(steps=1).to_yaml(yaml_path)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(yaml_path), "--data", str(tiny_cache), "--out", str(run)]
+    assert cli_main(args) == 0
+    first, _ = latest_checkpoint(run / "checkpoints")
+    capsys.readouterr()
+    assert cli_main([*args, "--steps", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"; resuming from step 1, checkpoint {first}" in out.splitlines()[0]
+    assert "tkh train: stopped (steps) at step 2 after 1 steps" in out
+    last, _ = latest_checkpoint(run / "checkpoints")
+    assert last != first
+    assert cli_main([*args, "--steps", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert (f"; the run is already complete (step 2 of train.steps=2, checkpoint {last}); nothing to do: pass a "
+            "larger --steps to continue it") in out.splitlines()[0]
+    assert out.splitlines()[-1] == (f"tkh train: nothing to do, the run is already complete at step 2 (train.steps "
+                                    f"2); checkpoint {last}; pass a larger --steps to continue it")
+    assert "after 0 steps" not in out and latest_checkpoint(run / "checkpoints")[0] == last
+
+
 def test_nonfinite_losses_skip_then_stop_and_keep_last_good_checkpoint(tiny_cache, tmp_path):
     """Two good steps, then resume with a learning rate of 1e30: the first update blows the weights up and
     the losses become NaN/inf (a real failure, nothing mocked)."""

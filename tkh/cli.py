@@ -198,12 +198,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_from_cli(args)
 
 
+class _DemoHelp(argparse.HelpFormatter):
+    """`tkh demo --help`: the default step counts from tkh.demo itself, imported only when help is shown (it
+    imports torch, which every other command would pay for at parse time)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest != "steps":
+            return action.help
+        from tkh.demo import CPU_STEPS, GPU_STEPS
+
+        return f"{action.help} (default: {CPU_STEPS} on a CPU, {GPU_STEPS} on a GPU)"
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: animate the default portrait with the shipped weights")
+    p = sub.add_parser("demo", help="the main job: animate the default portrait with the shipped weights",
+                       formatter_class=_DemoHelp)
     p.add_argument("--portrait", default="grace-hopper", help="grace-hopper, mona-lisa or an image path")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--model", help="shipped name or checkpoint path (default: the shipped default)")
-    p.add_argument("--steps", type=int, help="fine-tuning steps (default: 40 on a CPU, 200 on a GPU)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     _add_face_options(p)
     p.set_defaults(func=_cmd_demo)

@@ -5,8 +5,9 @@
 1. the portrait (`tkh.portraits`: Grace Hopper offline by default; the Mona Lisa downloaded and verified,
    falling back to Grace Hopper with a clear message when that fails);
 2. the shipped meta-trained weights from `pretrained/` (`tkh.pretrained.load`, checksums verified);
-3. one-shot fine-tuning (sec. 3.3; `adapt(mode="ft")`) with few steps and a time budget on a CPU, more on
-   a GPU;
+3. one-shot fine-tuning (sec. 3.3; `adapt(mode="ft")`) for a fixed number of steps (`demo_settings`:
+   `CPU_STEPS` on a CPU, `GPU_STEPS` on a GPU), so a busy machine gives the same result later, under a time
+   cap that only stops a far too slow machine, and says so;
 4. a scripted performance (smile, blink, open mouth, turn head; `tkh.animate`), written as
    out/animation.mp4 and out/animation.gif (portrait | landmarks | generated) and out/contact_sheet.png
    (the portrait, the landmark images and generated frames at each edit's peak).
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from tkh import pretrained
+from tkh import precision, pretrained
 from tkh.adapt import adapt, default_device
 from tkh.animate import animate, script_controls
 from tkh.atomic import write_json
@@ -38,6 +39,10 @@ __all__ = ["DEMO_SCRIPT", "contact_sheet", "demo_settings", "run_demo"]
 
 DEMO_SCRIPT = "smile,blink,open_mouth,turn_left,turn_right"
 CAPTION = "SYNTHETIC - tkh"
+# FT steps (`demo_settings`; `tkh demo --help` quotes them). 40 steps (the adapt default) leave the shipped
+# CPU-trained weights far from the portrait (mean |x - x̂| 0.17 on grace-hopper); 150 reach ~0.12 and look like her.
+CPU_STEPS = 150
+GPU_STEPS = 200
 
 
 def demo_settings(device: torch.device) -> dict[str, Any]:
@@ -45,11 +50,10 @@ def demo_settings(device: torch.device) -> dict[str, Any]:
     result, later; the time cap (which warns when it cuts FT short) only keeps a very slow machine from
     running for ever."""
     if device.type == "cuda":
-        return {"steps": 200, "max_seconds": 120.0, "frames_per_edit": 16}
-    # 40 steps (the adapt default) leave the shipped CPU-trained weights far from the portrait (mean |x - x̂|
-    # 0.17 on grace-hopper); 150 reach ~0.12 and look like her. With L_CNT = VGG16 + dlib: ~1.1 s a step on 2
-    # busy cores with bf16 units (~3.7 s on average when other jobs shared them); the cap allows ~6 s a step.
-    return {"steps": 150, "max_seconds": 900.0, "frames_per_edit": 12}
+        return {"steps": GPU_STEPS, "max_seconds": 120.0, "frames_per_edit": 16}
+    # With L_CNT = VGG16 + dlib: ~1.1 s a step on 2 busy cores with bf16 units (~3.7 s on average when other
+    # jobs shared them); the cap allows ~6 s a step.
+    return {"steps": CPU_STEPS, "max_seconds": 900.0, "frames_per_edit": 12}
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
@@ -119,17 +123,21 @@ def run_demo(portrait: str = "grace-hopper", out_dir: str | Path = "out", model:
 
     net = _load_weights(model, device)  # first: without weights there is nothing to do (and no download)
     p = load_portrait(portrait)
-    if p.fallback_reason:
-        say(f"tkh demo: {p.fallback_reason}")
-    label = f"{net.weights_name} ({net.cfg.model.name}, {net.cfg.model.image_size}px)"
-    say(f"tkh demo: portrait {p.name}; weights {label}; device {device}")
-    t_load = time.perf_counter() - t0
-
     cfg = AdaptConfig(**{**vars(net.cfg.adapt), "mode": "ft", "steps": settings["steps"],
                          "max_seconds": settings["max_seconds"]})
+    # The precision verdict in the first line, before the minutes it decides (adapt resolves the same policy,
+    # memoised: the CPU probe runs once)
+    policy = precision.resolve(cfg.amp, cfg.channels_last, device, net.cfg.model)
+    label = f"{net.weights_name} ({net.cfg.model.name}, {net.cfg.model.image_size}px)"
+    say(f"tkh demo: portrait {p.name}; weights {label}; device {device}, {policy.describe()}; "
+        f"{settings['steps']} fine-tuning steps")
+    if p.fallback_reason:
+        say(f"tkh demo: {p.fallback_reason}")
+    t_load = time.perf_counter() - t0
+
     adapted = adapt(net, [p.image], cfg=cfg, device=device, progress=progress, box=box, face=face)
     steps_done = len(adapted.history)
-    say(f"tkh demo: fine-tuned {steps_done} steps in {adapted.seconds:.1f}s ({adapted.precision})")
+    say(f"tkh demo: fine-tuned {steps_done} steps in {adapted.seconds:.1f}s")
 
     t1 = time.perf_counter()
     paths = [out / "animation.mp4", out / "animation.gif"]

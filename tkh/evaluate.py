@@ -111,8 +111,8 @@ def _summary(model, adapted, **extra: Any) -> dict[str, Any]:
             "model_sha256": getattr(model, "weights_sha256", ""), "config": model.cfg.model.name,
             "image_size": model.cfg.model.image_size, "mode": adapted.mode,
             "steps": adapted.cfg.steps if adapted.mode == "ft" else 0, "adapt_seconds": round(adapted.seconds, 3),
-            "device": str(adapted.device), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-            **extra}
+            "device": str(adapted.device), "precision": adapted.precision,  # the times depend on it (tkh.precision)
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine(), **extra}
 
 
 def evaluate_cross(model, portrait: Any, driver: str | Path, mode: str = "ff", shots: int = 1,

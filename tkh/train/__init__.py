@@ -1,6 +1,6 @@
 """Meta-learning of E, G and D on many talking-head videos (Zakharov et al. 2019, sec. 3.2).
 
-    from tkh.config import load_config
+    from tkh.config import Config, load_config
     from tkh.train import train, plot_losses, Callbacks
 
     result = train(load_config("tiny"), "cache64/", "runs/tiny", callbacks=Callbacks(on_step=print))
@@ -25,7 +25,7 @@ import argparse
 
 import yaml
 
-from tkh.config import load_config
+from tkh.config import Config, load_config
 from tkh.errors import ConfigError
 from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tkh.train.logging import plot_losses, read_log
@@ -34,13 +34,14 @@ from tkh.train.samples import sample_grid
 
 __all__ = [
     "Callbacks", "MetaStep", "Phase", "StepInfo", "TrainResult", "TrainState", "latest_checkpoint",
-    "load_checkpoint", "make_phases", "plot_losses", "read_log", "sample_grid", "save_checkpoint", "train",
-    "train_from_cli",
+    "config_from_cli", "load_checkpoint", "make_phases", "plot_losses", "read_log", "sample_grid", "save_checkpoint",
+    "train", "train_from_cli",
 ]
 
 
-def train_from_cli(args: argparse.Namespace) -> TrainResult:
-    """`tkh train`: the config file, then --set SECTION.KEY=VALUE, then --steps / --holdout / --max-minutes / --device."""
+def config_from_cli(args: argparse.Namespace) -> Config:
+    """`tkh train`'s config: the config file, then --set SECTION.KEY=VALUE, then --steps / --holdout /
+    --max-minutes / --device (a function of its own so that what the options make of it can be checked)."""
     cfg = load_config(args.config)
     sets: dict[str, dict] = {}
     for item in getattr(args, "set", None) or []:
@@ -62,6 +63,12 @@ def train_from_cli(args: argparse.Namespace) -> TrainResult:
         overrides["device"] = args.device
     if overrides:
         cfg = cfg.replace(train=overrides)
+    return cfg
+
+
+def train_from_cli(args: argparse.Namespace) -> TrainResult:
+    """`tkh train`: `config_from_cli`, then `train` (resuming with --resume), then one line on how it ended."""
+    cfg = config_from_cli(args)
     resume = bool(getattr(args, "resume", False))
     result = train(cfg, args.data, args.out, resume=resume)
     if resume and result.steps_run == 0 and result.step >= cfg.train.steps:
