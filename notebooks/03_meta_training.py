@@ -22,9 +22,10 @@
 # every term of the objective by hand beside its equation and check it against `tkh.losses`, then run a short
 # real training, plotted live by a callback, and look at the loss curves and sample grids it wrote.
 #
-# **Time.** With `FAST = True` (the tiny 64-px config, a handful of steps on the carphone clip) about half a
-# minute on a CPU. With `FAST = False` the `small` config (128 px) runs on a GPU: seconds per hundred steps; the
-# shipped weights were trained with exactly this code (`tkh train --config configs/small.yaml`, see the README).
+# **Time.** With `FAST = True` (the tiny 64-px config, a handful of steps on the carphone clip) about 3–4 minutes
+# on 2 CPU cores (the perceptual networks of L_CNT cost most of it). `FAST = False` trains the `small` config
+# (128 px), meant for a GPU (not timed here). The shipped weights were trained with this code; section 7 prints
+# the command their manifest records.
 
 # %%
 # Colab only: clone tkh (its shipped weights come along) and install it; a local checkout has both (`bash setup.sh`).
@@ -75,7 +76,7 @@ print(preprocess(videos, cache, size=cfg.model.image_size, frames_per_video=12 i
 # $$\hat e_i = \frac{1}{K}\sum_{k=1}^{K} E\big(x_i(s_k), y_i(s_k)\big), \qquad \hat x_i(t) = G\big(y_i(t), \hat e_i\big).$$
 #
 # The landmark image is the only thing G sees of the target: pose and expression come from it, identity and
-# appearance must come from ê_i. K is the config's `train.k_shots` (the paper's K = 8; `tiny` uses fewer).
+# appearance must come from $\hat e_i$. K is the config's `train.k_shots` (the paper's K = 8; `tiny` uses fewer).
 
 # %%
 import matplotlib.pyplot as plt
@@ -103,7 +104,7 @@ for ax in axes.flat:
 # $$\mathcal{L}(\phi, \psi, \mathbf{P}, \theta, \mathbf{W}, \mathbf{w}_0, b) =
 #   \mathcal{L}_{\mathrm{CNT}} + \mathcal{L}_{\mathrm{ADV}} + \mathcal{L}_{\mathrm{MCH}},$$
 #
-# while D minimises a hinge loss. Every ‖·‖₁ below is a mean absolute difference (as in both public
+# while D minimises a hinge loss. Every $\lVert\cdot\rVert_1$ below is a mean absolute difference (as in both public
 # re-implementations; a sum would rescale the weights by the tensor sizes), and every weight is a field of the
 # config's `loss` section, defaulting to the paper's. One episode through an untrained model of this config
 # gives the tensors (the numbers are large: the equations are what matters here):
@@ -177,7 +178,7 @@ for ax in axes:
 # ### L_ADV and L_FM, the adversarial term
 #
 # G is rewarded when D scores its frame as real, and its frame must produce D block outputs D_l like the real
-# frame's (feature matching, λ_FM = 10):
+# frame's (feature matching, $\lambda_{\mathrm{FM}} = 10$):
 #
 # $$\mathcal{L}_{\mathrm{ADV}} = -D\big(\hat x_i(t), y_i(t), i\big) + \lambda_{\mathrm{FM}}\, \mathcal{L}_{\mathrm{FM}}, \qquad
 #   \mathcal{L}_{\mathrm{FM}} = \sum_{l} \big\lVert D_l\big(x_i(t), y_i(t)\big) - D_l\big(\hat x_i(t), y_i(t)\big) \big\rVert_1 .$$
@@ -202,9 +203,9 @@ plt.show()
 # %% [markdown]
 # ### L_MCH, the embedding match
 #
-# The embedding of video i must agree with D's learned row for that video (λ_MCH = 80 in the paper; one
-# re-implementation uses 10). Both sides get gradients, which is what makes w0 + ê_NEW a good start for a new
-# person's row when fine-tuning (sec. 3.3, notebook 02):
+# The embedding of video i must agree with D's learned row for that video ($\lambda_{\mathrm{MCH}} = 80$ in the
+# paper; one re-implementation uses 10). Both sides get gradients, which is what makes
+# $\mathbf{w}_0 + \hat e_{\mathrm{NEW}}$ a good start for a new person's row when fine-tuning (sec. 3.3, notebook 02):
 #
 # $$\mathcal{L}_{\mathrm{MCH}} = \lambda_{\mathrm{MCH}}\, \big\lVert \mathbf{W}_i - \hat e_i \big\rVert_1 .$$
 
@@ -256,10 +257,10 @@ plt.show()
 # %% [markdown]
 # ## 4 · One step = a list of phases
 #
-# A step runs `d_steps_per_g` discriminator updates and then one E/G update, each through the same function
-# (zero grads → loss → backward → step if finite). In the G update D's own parameters are constants (D must not
-# learn to call fakes real), except that L_MCH also pulls W_i towards ê_i. The learning rates are the paper's
-# (sec. 3.2, 4): Adam with 5·10⁻⁵ for E and G and 2·10⁻⁴ for D.
+# A step runs `d_steps_per_g` discriminator updates and then one E/G update, each through the same function (zero
+# grads → loss → backward → step if finite). In the G update D's own parameters are constants (D must not learn to
+# call fakes real), except that L_MCH also pulls $\mathbf{W}_i$ towards $\hat e_i$. The learning rates are the
+# paper's (sec. 3.2, 4): Adam with 5·10⁻⁵ for E and G and 2·10⁻⁴ for D.
 
 # %%
 from tkh.train import make_phases
@@ -324,7 +325,43 @@ plt.figure(figsize=(8, 2.4)), plt.imshow(load_image(last)), plt.axis("off"), plt
 print("metadata label:", read_label(last))
 
 # %% [markdown]
-# ## 7 · Resume
+# ## 7 · The shipped weights' recipe
+#
+# What the shipped weights' manifest (`pretrained/manifest.json`) records: the command that trained them,
+# on what, and the loss weights of their config, read here rather than typed, so this section follows the
+# weights that are shipped.
+
+# %%
+import textwrap
+
+from tkh import pretrained
+
+if pretrained.available():
+    shipped = pretrained.info()
+    lines = [" \\\n    ".join(textwrap.wrap(part, 96, break_on_hyphens=False, break_long_words=False))
+             for part in shipped["training"]["command"].split(" && ")]  # one shell line per command, wrapped
+    print(" &&\n".join(lines))
+    print("\ncompute:", textwrap.fill(shipped["training"]["compute"], 100, subsequent_indent="    "))
+    shipped_loss = shipped["config"]["loss"]
+else:  # a checkout without pretrained/: the small config's values
+    print("no shipped weights here: no manifest to read; the `small` config's loss weights below")
+    shipped_loss = vars(load_config("small").loss)
+LAMBDA_MCH_SHIPPED = shipped_loss["mch_weight"]
+print(f"λ_FM = {shipped_loss['fm_weight']:g}, λ_MCH = {LAMBDA_MCH_SHIPPED:g} (the paper: 10 and 80)")
+
+# %% [markdown]
+# To train your own on a GPU: the same two steps (`tkh preprocess`, then `tkh train`), with `configs/small.yaml`
+# (bf16 and channels_last where the GPU has them); `--resume` continues a run, `torchrun` spreads it over GPUs:
+#
+# ```bash
+# tkh train --config configs/small.yaml --data CACHE --out runs/small            # CACHE: tkh preprocess's --out
+# tkh train --config configs/small.yaml --data CACHE --out runs/small --resume   # continue later
+# torchrun --nproc_per_node 4 -m tkh.cli train --config configs/small.yaml --data CACHE --out runs/small-ddp
+# ```
+# The small config holds out identities (`train.holdout`) for the evaluation in notebooks 04 and 06.
+
+# %% [markdown]
+# ## 8 · Resume
 #
 # Checkpoints are written atomically (a killed run loses at most the steps since the last one) and carry the
 # optimiser, the position in the data and the RNG states, so a resumed run takes exactly the steps the
@@ -336,16 +373,6 @@ print("resumed from step", more.step - more.steps_run, "to", more.step)
 plot_losses(OUT)  # one log.csv: the resumed steps continue the same curves
 
 # %% [markdown]
-# ## On a GPU: the shipped weights' recipe
-#
-# ```bash
-# tkh preprocess ../shared/talking-heads carphone.mp4 --out cache/shared-128 --size 128 --frames-per-video 48
-# tkh train --config configs/small.yaml --data cache/shared-128 --out runs/small          # bf16, channels_last
-# tkh train --config configs/small.yaml --data cache/shared-128 --out runs/small --resume # continue later
-# torchrun --nproc_per_node 4 -m tkh.cli train --config configs/small.yaml --data ... --out runs/small-ddp
-# ```
-# The small config holds out three identities (`train.holdout`) for the evaluation in notebooks 04 and 06.
-#
 # ## Exercises
 #
 # Each exercise has a cell for your answer (it starts as `None`) and a check cell that says whether it is right.
@@ -363,15 +390,17 @@ check("L_DSC of a perfect D", l_dsc, losses.hinge_d(torch.tensor([1.5, 2.0]), to
       hint="every score is beyond ±1")
 
 # %% [markdown]
-# **2. λ_MCH.** The shipped weights were trained with λ_MCH = 10 (one re-implementation's value), not the
-# paper's 80. Compute this episode's L_MCH with λ_MCH = 10.
+# **2. λ_MCH.** The shipped weights were trained with the $\lambda_{\mathrm{MCH}}$ their config records
+# (`LAMBDA_MCH_SHIPPED`, printed in section 7), not necessarily the paper's 80. Compute this episode's L_MCH with
+# that weight.
 
 # %%
-l_mch_10 = None  # your answer: a number
+l_mch_shipped = None  # your answer: a number
 
 # %%
-check("L_MCH with λ_MCH = 10", l_mch_10, 10 * losses.embedding_match(w_i, e_hat).item(),
-      hint="10 * (w_i - e_hat).abs().mean()")
+check(f"L_MCH with λ_MCH = {LAMBDA_MCH_SHIPPED:g}", l_mch_shipped,
+      LAMBDA_MCH_SHIPPED * losses.embedding_match(w_i, e_hat).item(),
+      hint="LAMBDA_MCH_SHIPPED * (w_i - e_hat).abs().mean()")
 
 # %% [markdown]
 # **3. The objective from its logged parts.** `generator_loss` returned `parts` with the unweighted `cnt`, `adv`,
