@@ -28,8 +28,10 @@
 #   landmark error to the driver);
 # - a **user-study-style grid**: real, FF and FT images shuffled per row, an answer key, and a scorer.
 #
-# **Time.** About a minute on a 2-core CPU with `FAST = True` (30–60 s measured with the 64- and 128-px
-# models); a few minutes on a GPU with `FAST = False` (more frames, 200 fine-tuning steps per adaptation).
+# **Time.** From half a minute to about 3–4 minutes on 2 CPU cores with `FAST = True`, depending on what else runs
+# on them (the README's notebook table gives the time measured with other work alongside); two fine-tuning steps per
+# FT adaptation, each costly (L_CNT runs its perceptual networks). With `FAST = False` (more frames, as many
+# fine-tuning steps per adaptation as `tkh demo` takes on the device) meant for a GPU (not timed here).
 #
 # What it writes goes into `out/06_evaluation/` (images labelled synthetic in their metadata).
 
@@ -52,7 +54,7 @@ FAST = True
 DRIVER = "auto"                 # a talking-head video; "auto": a clip held out of training (../shared) or carphone
 PAINTING = "mona-lisa"          # the cross-reenacted portrait (offline: a painting from ../shared, or Grace Hopper)
 SHOTS = 8                       # T for self-reenactment
-FT_STEPS = 2 if FAST else 200   # fine-tuning steps per FT adaptation
+FT_STEPS = 2 if FAST else None  # fine-tuning steps per FT adaptation; None: as many as `tkh demo` takes
 MAX_FRAMES = 24 if FAST else 120  # frames read from the driving video
 N_EVAL = 3 if FAST else 16      # held-out frames scored
 STUDY = ["grace-hopper"] if FAST else ["grace-hopper", "astronaut"]  # extra identities in the blind grid
@@ -64,10 +66,13 @@ OUT = "out/06_evaluation"
 
 # %%
 from tkh.adapt import default_device
+from tkh.demo import demo_settings
 from tkh.notebook import load_model
 
 model = load_model()
 DEVICE = default_device()
+FT_STEPS = demo_settings(DEVICE)["steps"] if FT_STEPS is None else FT_STEPS  # tkh demo's count here
+print("adapting on", DEVICE, "|", FT_STEPS, "fine-tuning steps per FT")
 
 # %%
 from pathlib import Path
