@@ -225,7 +225,8 @@ for a, (title, img) in zip(ax, panels):
 #
 # Each exercise has a cell for your answer (it starts as `None`) and a check cell that says whether it is right.
 #
-# **1.** The unit of every expression edit is the inter-ocular distance ‖p₃₆ − p₄₅‖ (outer eye corners).
+# **1.** The unit of every expression edit is the inter-ocular distance $\lVert p_{36} - p_{45} \rVert$ (outer eye
+# corners).
 # Compute it for Grace Hopper's crop (`face_points`), in crop pixels.
 
 # %%

@@ -17,7 +17,8 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tkh-kit/tkh/blob/main/notebooks/05_puppeteer.ipynb)
 #
 # **What this teaches.** In Zakharov et al. (2019) the generator sees pose and expression **only** through the
-# landmark image y (sec. 3.1). So once a portrait is adapted (sec. 3.3: ψ̂ = P·ê, or a fine-tuned ψ'), every new
+# landmark image y (sec. 3.1). So once a portrait is adapted (sec. 3.3: $\hat\psi = \mathbf{P}\,\hat e$, or a
+# fine-tuned $\psi'$), every new
 # frame is just
 #
 # $$\text{controls} \;\xrightarrow{\ \texttt{edit}\ }\; p' \;\xrightarrow{\ \texttt{rasterize}\ }\; y

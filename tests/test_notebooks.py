@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,18 @@ SEQUENCE = {
     "06_evaluation.ipynb": ({"FAST": True}, [pytest.mark.slow]),
 }
 EXERCISES = "## Exercises"  # the heading after the lesson's last figure
+
+# An equation typed in Unicode prose: a norm or transpose glyph (only equations have them), or an "=" next to one of
+# the paper's symbols (ψ̂ = P·ê, λ_MCH = 80, w' = w0 + ê). Such equations belong in $…$ / $$…$$; the symbols alone
+# ("ê of each person") and code (`…`, fenced blocks) are fine.
+_SYMBOLS = "(?:ψ̂|ê|x̂|λ|Σ)"
+_BARE_EQUATION = re.compile(rf"[‖ᵀ]|{_SYMBOLS}[^=\n]{{0,12}}=|=[^=\n]{{0,12}}{_SYMBOLS}")
+_NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]+\$", re.S)  # code, then LaTeX, removed
+
+
+def _bare_equations(markdown: str) -> list[str]:
+    """The prose lines of a markdown text that hold an equation outside LaTeX (see _BARE_EQUATION)."""
+    return [line.strip() for line in _NOT_PROSE.sub("", markdown).splitlines() if _BARE_EQUATION.search(line)]
 
 
 def _cells(path: Path) -> list[dict]:
@@ -136,6 +149,22 @@ def test_notebooks_follow_the_sequence_conventions(path):
     assert "METHOD.md" not in "".join("".join(c["source"]) for c in cells), f"{path.name} cites METHOD.md"
 
 
+def test_the_equation_check_tells_latex_from_unicode_prose():
+    bare = ["parameters ψ̂ = P·ê, so", "r = V(x, y)ᵀ(W_i + w0) + b", "L_MCH = λ_MCH‖W_i − ê_i‖₁", "(λ_FM = 10)",
+            "starts at w' = w0 + ê_NEW."]
+    assert all(_bare_equations(text) for text in bare)
+    fine = ["$\\hat\\psi = \\mathbf{P}\\,\\hat e$", "the ê of each person", "K = 8 frames", "`psi = P @ e_hat`",
+            "$$\\lVert \\mathbf{W}_i - \\hat e_i \\rVert_1$$", "```python\nr = v @ (W[i] + w0) + b  # Vᵀ(W_i + w0)\n```"]
+    assert not any(_bare_equations(text) for text in fine)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_equations_in_markdown_are_latex(path):
+    """Every equation in a notebook's prose is LaTeX ($…$ inline, $$…$$ displayed), not Unicode text."""
+    markdown = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "markdown")
+    assert _bare_equations(markdown) == [], f"{path.name}: equations outside $…$ (write them in LaTeX)"
+
+
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_end_with_exercises_and_check_cells(path):
     """After the lesson: an Exercises section with 2-4 check cells (tkh.notebook.check), and nothing else."""
@@ -200,3 +229,20 @@ def test_notebook_runs_headless_and_ends_with_a_figure(name, kernel, tmp_path):
     assert _lesson_ends_with_image(nb), f"{name}: the lesson's last code cell shows no image/png figure"
     shown = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "✗" not in shown, f"{name}: an exercise check failed on its unsolved placeholder"
+
+
+def test_score_parts_draws_each_sum_from_its_signed_parts():
+    """tkh.notebook.score_parts (notebook 02's r = VᵀW_i + Vᵀw0 + b): one bar segment per part and label, positive
+    parts stacked up from 0, negative ones down, a marker at each sum; a part of the wrong length is refused."""
+    pytest.importorskip("matplotlib")
+    from tkh.errors import BadInputError
+    from tkh.notebook import score_parts
+
+    fig = score_parts({"a": [1.0, -2.0], "b": [0.5, 0.5], "c": [-1.0, 0.25]}, ["x", "y"])
+    ax = fig.axes[0]
+    bars = [(round(p.get_y(), 6), round(p.get_height(), 6)) for p in ax.patches]
+    # (bottom, height) per part, then per label: b stacks on x's +1, x's -1 goes down from 0, y's 0.25 sits on 0.5
+    assert bars == [(0.0, 1.0), (0.0, -2.0), (1.0, 0.5), (0.0, 0.5), (0.0, -1.0), (0.5, 0.25)]
+    assert [round(v, 6) for v in ax.lines[0].get_ydata()] == [0.5, -1.25]  # the sums
+    with pytest.raises(BadInputError):
+        score_parts({"a": [1.0]}, ["x", "y"])
