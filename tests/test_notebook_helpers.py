@@ -45,6 +45,8 @@ def test_held_out_clips_follow_the_shipped_manifest(monkeypatch):
     monkeypatch.setenv("TKH_SHARED", str(SHARED))
     stems = [c.stem for c in notebook.held_out_clips()]
     assert stems[:2] == ["lp_d5", "grid_swiz3n"] and {"vox_lia_1", "vox_lia_2"} <= set(stems)
+    trained = pretrained.info().get("training", {}).get("split", {}).get("train", [])
+    assert not set(stems) & set(trained), "a held-out clip the shipped weights trained on"
     assert notebook.held_out_clip("vox_lia_1").stem == "vox_lia_1"
     assert notebook.paintings()[0].name == "mona_lisa.jpg"
     monkeypatch.setenv("TKH_SHARED", "none")

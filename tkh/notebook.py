@@ -97,16 +97,24 @@ def paintings() -> list[Path]:
 def held_out_clips() -> list[Path]:
     """Talking-head clips in shared/talking-heads that the shipped weights never trained on.
 
-    The patterns come from the shipped model's `train.holdout` (e.g. lp_d5, grid_swiz3n, vox_lia_*), in
-    their order; [] without shared/ or without shipped weights."""
+    The manifest's `training.split.holdout` lists the held-out clips when the weights were trained with
+    people held out (`train.holdout` then names people, e.g. vox_lia or P03, not clips); older manifests
+    only have `train.holdout`'s clip patterns (lp_d5, grid_swiz3n, vox_lia_*). Clips matching those names
+    come first, in their order, then the rest of the split; [] without shared/ or without shipped weights."""
     shared = shared_dir()
     if shared is None or not pretrained.available():
         return []
     manifest = pretrained.read_manifest()
     entry = manifest["models"].get(manifest.get("default") or "", {})
     patterns = entry.get("config", {}).get("train", {}).get("holdout", [])
+    split = entry.get("training", {}).get("split", {}).get("holdout")
     clips = sorted(p for p in (shared / "talking-heads").iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    return [c for pat in patterns for c in clips if fnmatch.fnmatch(c.stem, pat)]
+    named = [c for pat in patterns for c in clips if fnmatch.fnmatch(c.stem, pat)]
+    if split is None:
+        return named
+    held = set(split)
+    named = [c for c in named if c.stem in held]
+    return named + [c for c in clips if c.stem in held and c not in named]
 
 
 def carphone() -> Path:
