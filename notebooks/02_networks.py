@@ -277,7 +277,7 @@ print("D's block outputs (for L_FM):", [tuple(f.shape[1:]) for f in blocks_out])
 # show up in section 6.
 
 # %%
-from tkh.notebook import score_parts
+from tkh.figures import score_parts
 
 videos = torch.arange(VIDEOS)
 with torch.no_grad():

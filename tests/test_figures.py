@@ -104,3 +104,20 @@ def test_blind_grid_rejects_empty_input():
         blind_grid({})
     with pytest.raises(BadInputError, match="no images"):
         blind_grid({"x": {}})
+
+
+def test_score_parts_draws_each_sum_from_its_signed_parts():
+    """tkh.figures.score_parts (notebook 02's r = VᵀW_i + Vᵀw0 + b): one bar segment per part and label, positive
+    parts stacked up from 0, negative ones down, a marker at each sum; a part of the wrong length is refused."""
+    pytest.importorskip("matplotlib")
+    from tkh.errors import BadInputError
+    from tkh.figures import score_parts
+
+    fig = score_parts({"a": [1.0, -2.0], "b": [0.5, 0.5], "c": [-1.0, 0.25]}, ["x", "y"])
+    ax = fig.axes[0]
+    bars = [(round(p.get_y(), 6), round(p.get_height(), 6)) for p in ax.patches]
+    # (bottom, height) per part, then per label: b stacks on x's +1, x's -1 goes down from 0, y's 0.25 sits on 0.5
+    assert bars == [(0.0, 1.0), (0.0, -2.0), (1.0, 0.5), (0.0, 0.5), (0.0, -1.0), (0.5, 0.25)]
+    assert [round(v, 6) for v in ax.lines[0].get_ydata()] == [0.5, -1.25]  # the sums
+    with pytest.raises(BadInputError):
+        score_parts({"a": [1.0]}, ["x", "y"])

@@ -229,20 +229,3 @@ def test_notebook_runs_headless_and_ends_with_a_figure(name, kernel, tmp_path):
     assert _lesson_ends_with_image(nb), f"{name}: the lesson's last code cell shows no image/png figure"
     shown = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "✗" not in shown, f"{name}: an exercise check failed on its unsolved placeholder"
-
-
-def test_score_parts_draws_each_sum_from_its_signed_parts():
-    """tkh.notebook.score_parts (notebook 02's r = VᵀW_i + Vᵀw0 + b): one bar segment per part and label, positive
-    parts stacked up from 0, negative ones down, a marker at each sum; a part of the wrong length is refused."""
-    pytest.importorskip("matplotlib")
-    from tkh.errors import BadInputError
-    from tkh.notebook import score_parts
-
-    fig = score_parts({"a": [1.0, -2.0], "b": [0.5, 0.5], "c": [-1.0, 0.25]}, ["x", "y"])
-    ax = fig.axes[0]
-    bars = [(round(p.get_y(), 6), round(p.get_height(), 6)) for p in ax.patches]
-    # (bottom, height) per part, then per label: b stacks on x's +1, x's -1 goes down from 0, y's 0.25 sits on 0.5
-    assert bars == [(0.0, 1.0), (0.0, -2.0), (1.0, 0.5), (0.0, 0.5), (0.0, -1.0), (0.5, 0.25)]
-    assert [round(v, 6) for v in ax.lines[0].get_ydata()] == [0.5, -1.25]  # the sums
-    with pytest.raises(BadInputError):
-        score_parts({"a": [1.0]}, ["x", "y"])

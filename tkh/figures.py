@@ -3,6 +3,8 @@
 - `image_grid(rows, row_labels, col_labels, cell_text)`: a matplotlib Figure of images in rows and columns
   with a caption under each cell (e.g. "CSIM 0.61 · SSIM 0.42"). Used by notebooks 04 and 06 to put FF,
   FT and the real face side by side.
+- `score_parts({part: values}, labels)`: a sum drawn as signed stacked bars, one bar per label (notebook
+  02: the projection discriminator's r = VᵀW_i + Vᵀw0 + b, part by part).
 - `blind_grid({identity: {"real": img, "FF": img, "FT": img}}, seed)`: the paper's user study in miniature
   (Zakharov et al. 2019, sec. 4: people were shown real and generated images of a person and asked
   to spot the fake; USER = how often they succeeded, lower is better for the method). Each row's
@@ -31,7 +33,7 @@ from tkh.atomic import write_json
 from tkh.errors import BadInputError
 from tkh.media import to_rgb_uint8, write_image
 
-__all__ = ["BlindGrid", "blind_grid", "image_grid", "same_pose"]
+__all__ = ["BlindGrid", "blind_grid", "image_grid", "same_pose", "score_parts"]
 
 
 def _figure(width: float, height: float):
@@ -41,6 +43,39 @@ def _figure(width: float, height: float):
 
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)  # no pyplot: works headless and inline, never left open
+    return fig
+
+
+def score_parts(parts: dict[str, Any], labels: list[str], title: str = "", horizontal: bool = False,
+                total_label: str = "their sum"):
+    """A matplotlib Figure of one bar per label split into `parts` ({name: one value per label}, e.g. tensors):
+    positive parts stack away from 0 one way, negative ones the other, and a black diamond marks each sum.
+    Tensors are read without importing torch here (this module does not need it)."""
+    values = {name: v.detach().float().cpu().numpy().reshape(-1) if hasattr(v, "detach")
+              else np.array([float(t) for t in v]) for name, v in parts.items()}
+    n = len(labels)
+    if any(len(v) != n for v in values.values()):
+        raise BadInputError(f"score_parts: every part needs {n} values (one per label)")
+    fig = _figure(*((7, 0.45 * n + 1.4) if horizontal else (max(5.0, 0.8 * n + 2), 3.2)))
+    ax = fig.subplots()
+    where = np.arange(n)
+    up, down = np.zeros(n), np.zeros(n)
+    for name, v in values.items():
+        start = np.where(v >= 0, up, down)
+        if horizontal:
+            ax.barh(where, v, left=start, height=0.6, label=name)
+        else:
+            ax.bar(where, v, bottom=start, width=0.6, label=name)
+        up, down = up + v.clip(min=0), down + v.clip(max=0)
+    total = sum(values.values())
+    if horizontal:
+        ax.plot(total, where, "kD", label=total_label), ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(where, labels), ax.invert_yaxis()
+    else:
+        ax.plot(where, total, "kD", label=total_label), ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(where, labels, fontsize=8)
+    ax.legend(fontsize=8), ax.set_title(title, fontsize=10)
+    fig.tight_layout()
     return fig
 
 

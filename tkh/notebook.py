@@ -6,8 +6,6 @@
 - example inputs: `held_out_clips()` / `held_out_clip()` (talking heads the shipped weights never saw:
   `train.holdout` of their manifest), `paintings()`, `carphone()`, `two_people()`;
 - `to_image()`: a (3, H, W) tensor in [-1, 1] as an image for matplotlib;
-- `score_parts()`: a sum drawn as signed stacked bars (the projection discriminator's
-  r = VᵀW_i + Vᵀw0 + b, notebook 02);
 - `check()`: the exercises' check cells (a message, never an exception: an unsolved exercise must not
   stop a headless run).
 
@@ -36,8 +34,8 @@ from tkh.media import iter_video
 from tkh.models import TalkingHeadModel
 from tkh.portraits import load_portrait
 
-__all__ = ["carphone", "check", "held_out_clip", "held_out_clips", "load_model", "paintings", "score_parts",
-           "setup", "shared_dir", "to_image", "two_people"]
+__all__ = ["carphone", "check", "held_out_clip", "held_out_clips", "load_model", "paintings", "setup",
+           "shared_dir", "to_image", "two_people"]
 
 COLAB_CHECKOUT = Path("/content/tkh")  # where the notebooks' install cell clones the repository on Colab
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mpg", ".avi", ".mkv", ".webm")
@@ -160,41 +158,6 @@ def to_image(t: torch.Tensor) -> np.ndarray:
     if t.dim() != 3 or t.shape[0] != 3:
         raise BadInputError(f"to_image: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
     return ((t.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
-
-
-def score_parts(parts: dict[str, Any], labels: list[str], title: str = "", horizontal: bool = False,
-                total_label: str = "their sum"):
-    """A matplotlib Figure of one bar per label split into `parts` ({name: one value per label}, e.g. tensors):
-    positive parts stack away from 0 one way, negative ones the other, and a black diamond marks each sum.
-    Built without pyplot (a notebook shows it as a cell's last expression, as `tkh.figures.image_grid`)."""
-    from matplotlib.figure import Figure  # lazy, as in tkh.figures
-
-    values = {name: v.detach().float().cpu().numpy().reshape(-1) if isinstance(v, torch.Tensor)
-              else np.array([float(t) for t in v]) for name, v in parts.items()}
-    n = len(labels)
-    if any(len(v) != n for v in values.values()):
-        raise BadInputError(f"score_parts: every part needs {n} values (one per label)")
-    fig = Figure(figsize=(7, 0.45 * n + 1.4) if horizontal else (max(5.0, 0.8 * n + 2), 3.2))
-    ax = fig.subplots()
-    where = np.arange(n)
-    up, down = np.zeros(n), np.zeros(n)
-    for name, v in values.items():
-        start = np.where(v >= 0, up, down)
-        if horizontal:
-            ax.barh(where, v, left=start, height=0.6, label=name)
-        else:
-            ax.bar(where, v, bottom=start, width=0.6, label=name)
-        up, down = up + v.clip(min=0), down + v.clip(max=0)
-    total = sum(values.values())
-    if horizontal:
-        ax.plot(total, where, "kD", label=total_label), ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(where, labels), ax.invert_yaxis()
-    else:
-        ax.plot(where, total, "kD", label=total_label), ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(where, labels, fontsize=8)
-    ax.legend(fontsize=8), ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def check(name: str, answer: Any, expected: Any = None, test: Callable[[Any], bool] | None = None,

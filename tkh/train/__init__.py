@@ -1,6 +1,6 @@
 """Meta-learning of E, G and D on many talking-head videos (Zakharov et al. 2019, sec. 3.2).
 
-    from tkh.config import Config, load_config
+    from tkh.config import load_config
     from tkh.train import train, plot_losses, Callbacks
 
     result = train(load_config("tiny"), "cache64/", "runs/tiny", callbacks=Callbacks(on_step=print))
