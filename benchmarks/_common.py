@@ -35,6 +35,24 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
 # ---------------------------------------------------------------------------------------------
 # arguments and devices
 # ---------------------------------------------------------------------------------------------
+def drop_forced_bf16(variants: list[str], device: torch.device, forced: Sequence[str]) -> list[str]:
+    """`variants` less the ones in `forced` (those that force bf16) on a CPU without bf16 units
+    (`tkh.precision.bf16_units()` False, also under ONEDNN_MAX_CPU_ISA=AVX2 / AVX512_CORE): there bf16 is
+    emulated, 3-200x slower, and a row would take minutes to say what the probe already knows. Named with
+    --variants, they run anyway."""
+    if device.type != "cpu":
+        return variants
+    from tkh import precision
+
+    if precision.bf16_units() is not False:
+        return variants
+    kept = [v for v in variants if v not in forced]
+    if len(kept) < len(variants):
+        print(f"no bf16 units on this CPU (oneDNN ISA cap {precision.isa_cap()}): leaving out "
+              f"{', '.join(v for v in variants if v in forced)} (name them with --variants to run them)")
+    return kept
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:i]")

@@ -27,6 +27,7 @@ import _common as C
 
 STEP_POLICIES = {"fp32": ("off", "off"), "bf16": ("bf16", "off"), "bf16+channels_last": ("bf16", "on"),
                  "auto": ("auto", "auto")}
+LEGACY = "legacy fp32"
 
 
 def legacy_step(G, D, psi, w, xb, yb, opt_g, opt_d, loss_cfg, perceptual, d_steps: int) -> None:
@@ -53,8 +54,9 @@ def legacy_step(G, D, psi, w, xb, yb, opt_g, opt_d, loss_cfg, perceptual, d_step
     opt_g.step()
 
 
-def step_variants(config: str, device: torch.device, portrait, warmup: int, iters: int) -> list[dict[str, Any]]:
-    """Part 1: one FT step per variant, interleaved."""
+def step_variants(config: str, device: torch.device, portrait, warmup: int, iters: int,
+                  names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Part 1: one FT step per variant (`names`, default all), interleaved."""
     from tkh import precision
     from tkh.adapt import _perceptual, adapt, init_finetune, landmark_images
     from tkh.tensors import to_tensor
@@ -69,7 +71,10 @@ def step_variants(config: str, device: torch.device, portrait, warmup: int, iter
     y = landmark_images(ff.crop_landmarks[:1], model.cfg.model.image_size).to(device)
     perceptual, loss_cfg = _perceptual(model, cfg, device)
     fns, info = {}, {}
+    names = names or [*STEP_POLICIES, LEGACY]
     for name, (amp, cl) in STEP_POLICIES.items():
+        if name not in names:
+            continue
         G, D, psi, w, g_params, d_params = init_finetune(model, ff.e_hat, device)
         policy = precision.resolve(amp, cl, device, model.cfg.model)
         policy.prepare(G), policy.prepare(D)
@@ -83,14 +88,15 @@ def step_variants(config: str, device: torch.device, portrait, warmup: int, iter
     G, D, psi, w, g_params, d_params = init_finetune(model, ff.e_hat, device)
     opt_g = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)
-    fns["legacy fp32"] = lambda i: legacy_step(G, D, psi, w, x, y, opt_g, opt_d, loss_cfg, perceptual,
-                                               cfg.d_steps_per_g)
-    info["legacy fp32"] = {"bf16": False, "channels_last": False,
-                           "note": "tkh.adapt's loop before issue 17: 2 renders, D twice, G loss into D"}
+    if LEGACY in names:
+        fns[LEGACY] = lambda i: legacy_step(G, D, psi, w, x, y, opt_g, opt_d, loss_cfg, perceptual,
+                                            cfg.d_steps_per_g)
+        info[LEGACY] = {"bf16": False, "channels_last": False,
+                        "note": "tkh.adapt's loop before issue 17: 2 renders, D twice, G loss into D"}
     times = C.timeit_interleaved(fns, device, warmup=warmup, iters=iters, max_seconds=240)
     rows = [{"config": config, "px": model.cfg.model.image_size, "variant": n, "d_steps_per_g": cfg.d_steps_per_g,
              **info[n], **times[n]} for n in fns]
-    C.add_speedup(rows, config, "legacy fp32", "median_ms")
+    C.add_speedup(rows, config, LEGACY if LEGACY in fns else "fp32", "median_ms")
     return rows
 
 
@@ -126,10 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=None, help="default: paper-256 on CUDA, tiny small on CPU")
     p.add_argument("--steps", type=int, default=None, help="FT steps (default: the config's adapt.steps)")
+    p.add_argument("--variants", nargs="+", default=None, choices=[*STEP_POLICIES, LEGACY],
+                   help="FT-step variants (default: all; on a CPU without bf16 units, those forcing bf16 left out)")
     args = p.parse_args(argv)
     device = C.setup(args)
     cuda = device.type == "cuda"
     from tkh.config import load_config
+
+    names = args.variants or C.drop_forced_bf16([*STEP_POLICIES, LEGACY], device,
+                                                [n for n, (amp, _) in STEP_POLICIES.items() if amp == "bf16"])
 
     configs = args.configs or (["tiny"] if args.dry_run or (args.quick and not cuda) else
                                ["paper-256"] if cuda else ["tiny", "small"])
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     step_rows: list[dict[str, Any]] = []
     for config in configs:
         step_rows += [{"device": device.type, **r} for r in step_variants(
-            config, device, portrait, warmup=1, iters=1 if args.dry_run else 3 if args.quick else 6)]
+            config, device, portrait, warmup=1, iters=1 if args.dry_run else 3 if args.quick else 6, names=names)]
     C.print_table(f"One FT step, side by side ({device}; median of interleaved steps)", step_rows,
                   ["config", "px", "variant", "bf16", "channels_last", "median_ms", "p90_ms", "cpu_median_ms",
                    "cpu_min_ms", "speedup", "cpu_speedup", "n", "note"])

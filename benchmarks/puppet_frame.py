@@ -59,8 +59,9 @@ ENGINE = {"engine fp32": ("off", "off"), "engine bf16": ("bf16", "off"), "engine
           "engine auto": ("auto", "auto")}
 
 
-def variants(adapted, puppet, device: torch.device, want_compile: bool) -> list[tuple[str, Any, str]]:
-    """(name, fn, note) for each variant that applies to this device."""
+def variants(adapted, puppet, device: torch.device, want_compile: bool, names: list[str] | None = None
+             ) -> list[tuple[str, Any, str]]:
+    """(name, fn, note) for each variant that applies to this device (and is in `names`, default all)."""
     import copy
 
     from tkh.puppet import Puppet
@@ -70,6 +71,8 @@ def variants(adapted, puppet, device: torch.device, want_compile: bool) -> list[
     out = [("eager-fp32", frame_fn(base_G.render, adapted.psi, puppet.neutral, puppet.size, device),
             "G as trained (spectral norm live), no_grad, fp32")]
     for name, (amp, cl) in ENGINE.items():
+        if names and name not in names:
+            continue
         engine = Puppet(adapted, device=device, amp=amp, channels_last=cl, warmup=False)
         out.append((name, lambda i, e=engine: e.render(jaw_open=(i % 10) / 10), engine.precision.describe()))
     if want_compile:
@@ -90,16 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=None, help="default: tiny small (+ paper-256 on CUDA)")
     p.add_argument("--compile", action="store_true", help="also torch.compile (CUDA: always; CPU: slow to compile)")
     p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--variants", nargs="+", default=None, choices=list(ENGINE),
+                   help="engine variants beside eager-fp32 (default: all; on a CPU without bf16 units, those "
+                        "forcing bf16 left out)")
     args = p.parse_args(argv)
     device = C.setup(args)
     cuda = device.type == "cuda"
+    names = args.variants or C.drop_forced_bf16(list(ENGINE), device, [n for n, (a, _) in ENGINE.items() if a == "bf16"])
     configs = args.configs or (["tiny"] if args.dry_run else ["tiny", "small", "paper-256"])
     iters = args.iters or (2 if args.dry_run else 5 if args.quick and not cuda else 10 if args.quick or not cuda else 30)
     warmup = 1 if args.dry_run else 3 if not cuda else 10
     rows: list[dict[str, Any]] = []
     for config in configs:
         adapted, puppet = build(config, device)
-        named = variants(adapted, puppet, device, args.compile or (cuda and not args.dry_run))
+        named = variants(adapted, puppet, device, args.compile or (cuda and not args.dry_run), names)
         w = warmup + (2 if any("compile" in n for n, _, _ in named) else 0)
         times = C.timeit_interleaved({n: fn for n, fn, _ in named}, device, warmup=w, iters=iters,
                                      max_seconds=120 if cuda else 90)

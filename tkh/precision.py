@@ -53,7 +53,7 @@ from tkh.errors import ConfigError
 from tkh.hub import cache_dir
 from tkh.models.blocks import conv, instance_normalize, width
 
-__all__ = ["AMP_CHOICES", "CHANNELS_LAST_CHOICES", "Policy", "bf16_units", "cpu_model", "probe", "resolve"]
+__all__ = ["AMP_CHOICES", "CHANNELS_LAST_CHOICES", "Policy", "bf16_units", "cpu_model", "isa_cap", "probe", "resolve"]
 
 AMP_CHOICES = ("auto", "bf16", "off")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
@@ -136,9 +136,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# oneDNN instruction-set caps (`ONEDNN_MAX_CPU_ISA`) below which it has no bf16 arithmetic: with one of these
+# set, a CPU that has bf16 units runs bf16 convolutions/matmuls as slowly as one without (3x slower than
+# float32 under AVX512_CORE, ~200x under AVX2, measured on an EPYC with avx512_bf16): the benchmarks use it
+# to measure "a CPU without bf16 units" on a machine that has them.
+NO_BF16_ISA = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def isa_cap() -> str | None:
+    """oneDNN's instruction-set cap from the environment (ONEDNN_MAX_CPU_ISA or the older DNNL_ name), upper
+    case; None when not capped."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap and cap not in ("ALL", "DEFAULT") else None
+
+
 def bf16_units() -> bool | None:
     """True when the CPU lists bf16 arithmetic (x86 avx512_bf16 / amx_bf16, Arm bf16), False when it lists
-    flags but none of those, None when it lists no flags (not Linux): then the probe decides alone."""
+    flags but none of those (or oneDNN is capped to an instruction set without them, `isa_cap`), None when it
+    lists no flags (not Linux): then the probe decides alone."""
+    if isa_cap() in NO_BF16_ISA:
+        return False
     flags = cpu_flags()
     if not flags:
         return None
@@ -215,7 +232,9 @@ def _key(bf16: bool, channels_last: bool) -> str:
 
 
 def _cache_key(model_cfg: Any, units: bool | None) -> str:
+    cap = isa_cap()
     return (f"{cpu_model()} | bf16 units {units} | torch {torch.__version__} | "
+            + (f"oneDNN ISA {cap} | " if cap else "") +
             f"{model_cfg.image_size}px {model_cfg.base_channels}-{model_cfg.max_channels}ch")
 
 
@@ -301,5 +320,6 @@ def env_summary() -> dict[str, Any]:
     return {"cpu": cpu_model(), "bf16_units": bf16_units(),
             "cpu_flags": sorted(f for f in flags if "bf16" in f or f.startswith(("avx512", "amx")) or f in
                                 ("avx2", "fma", "asimd", "sve")),
+            "onednn_isa_cap": isa_cap(), "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "os_cpu_count": os.cpu_count()}
