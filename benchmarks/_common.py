@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +35,23 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
 # ---------------------------------------------------------------------------------------------
 # arguments and devices
 # ---------------------------------------------------------------------------------------------
-def drop_forced_bf16(variants: list[str], device: torch.device, forced: Sequence[str]) -> list[str]:
-    """`variants` less the ones in `forced` (those that force bf16) on a CPU without bf16 units
-    (`tkh.precision.bf16_units()` False, also under ONEDNN_MAX_CPU_ISA=AVX2 / AVX512_CORE): there bf16 is
-    emulated, 3-200x slower, and a row would take minutes to say what the probe already knows. Named with
-    --variants, they run anyway."""
+def drop_forced_bf16(variants: list[str], device: torch.device, policies: Mapping[str, tuple[str, str]]) -> list[str]:
+    """`variants` less those whose policy in `policies` (name -> (amp, channels_last)) forces bf16, on a CPU
+    without bf16 units (`tkh.precision.bf16_units()` False, also under ONEDNN_MAX_CPU_ISA=AVX2 / AVX512_CORE):
+    there bf16 is emulated, 3-200x slower, and a row would take minutes to say what the probe already knows.
+    Named with --variants, they run anyway."""
     if device.type != "cpu":
         return variants
     from tkh import precision
 
     if precision.bf16_units() is not False:
         return variants
-    kept = [v for v in variants if v not in forced]
-    if len(kept) < len(variants):
-        print(f"no bf16 units on this CPU (oneDNN ISA cap {precision.isa_cap()}): leaving out "
-              f"{', '.join(v for v in variants if v in forced)} (name them with --variants to run them)")
-    return kept
+    forced = [v for v in variants if v in policies and policies[v][0] == "bf16"]
+    if forced:
+        cap = precision.isa_cap()
+        print(f"no bf16 units on this CPU{f' (oneDNN ISA cap {cap})' if cap else ''}: leaving out "
+              f"{', '.join(forced)} (name them with --variants to run them)")
+    return [v for v in variants if v not in forced]
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     from tkh.config import load_config
 
-    names = args.variants or C.drop_forced_bf16([*STEP_POLICIES, LEGACY], device,
-                                                [n for n, (amp, _) in STEP_POLICIES.items() if amp == "bf16"])
+    names = args.variants or C.drop_forced_bf16([*STEP_POLICIES, LEGACY], device, STEP_POLICIES)
 
     configs = args.configs or (["tiny"] if args.dry_run or (args.quick and not cuda) else
                                ["paper-256"] if cuda else ["tiny", "small"])

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = C.setup(args)
     cuda = device.type == "cuda"
-    names = args.variants or C.drop_forced_bf16(list(ENGINE), device, [n for n, (a, _) in ENGINE.items() if a == "bf16"])
+    names = args.variants or C.drop_forced_bf16(list(ENGINE), device, ENGINE)
     configs = args.configs or (["tiny"] if args.dry_run else ["tiny", "small", "paper-256"])
     iters = args.iters or (2 if args.dry_run else 5 if args.quick and not cuda else 10 if args.quick or not cuda else 30)
     warmup = 1 if args.dry_run else 3 if not cuda else 10

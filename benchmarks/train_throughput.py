@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                  [BEFORE, "fp32", "bf16", "bf16+channels_last", "auto"]
                                  + (["bf16+channels_last+compile"] if cuda else []))
     if not args.variants:
-        variants = C.drop_forced_bf16(variants, device, [v for v, (amp, _) in POLICIES.items() if amp == "bf16"])
+        variants = C.drop_forced_bf16(variants, device, POLICIES)
     rows: list[dict[str, Any]] = []
     for config in configs:
         from tkh.config import load_config
