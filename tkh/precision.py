@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -113,7 +114,9 @@ class Policy:
 # ---------------------------------------------------------------------------------------------------------
 # What the processor has
 # ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _cpuinfo() -> str:
+    # read once per process: resolve() runs per puppeteer frame, and the processor does not change under us
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
