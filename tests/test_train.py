@@ -16,6 +16,7 @@ import torch
 
 from tkh.cli import main as cli_main
 from tkh.config import load_config
+from tkh.data import EpisodeDataset
 from tkh.errors import CheckpointError, NonFiniteLossError
 from tkh.models import TalkingHeadModel
 from tkh.train import Callbacks, latest_checkpoint, plot_losses, read_log, train
@@ -249,9 +250,10 @@ def test_sigterm_finishes_the_step_and_checkpoints(tiny_cache, tmp_path):
     assert not hasattr(signal.getsignal(signal.SIGTERM), "__self__")  # train's handler is gone again
 
 
-def test_warm_start_copies_e_g_d_but_not_w_and_refuses_another_size(tiny_cache, tmp_path):
+def test_warm_start_copies_e_g_d_but_not_w_and_refuses_another_size(tiny_cache, tmp_path, capsys):
     """train.init: E, G and D's θ/w0/b come from the given weights, W starts afresh (its rows were other
-    videos'); resuming ignores init; weights of another model size are one line."""
+    videos': from the copied embedder, or random); resuming ignores init; weights of another model size are
+    one line."""
     import sys
     from pathlib import Path
 
@@ -268,6 +270,24 @@ def test_warm_start_copies_e_g_d_but_not_w_and_refuses_another_size(tiny_cache, 
         if k != "D.W":
             assert torch.equal(got[k].float(), v.float()), k
     assert got["D.W"].shape[0] == 4 and not torch.equal(got["D.W"][:4], source["D.W"][:4])
+
+    # init_w: "embedder" (default) starts each row at the copied E's mean embedding of that person, so L_MCH
+    # on unseen episodes (epoch 7: not among those the rows were made from) is far below random rows'.
+    rand_cfg = tiny(steps=0, init=str(src_dir), init_w="random")
+    rand = train(rand_cfg, tiny_cache, tmp_path / "run_rand").model
+    tc = rand_cfg.train
+    data = EpisodeDataset(tiny_cache, k=tc.k_shots, image_size=rand_cfg.model.image_size, seed=tc.seed,
+                          holdout=tc.holdout, w_rows=tc.w_rows)
+
+    def mch(model):
+        with torch.no_grad():
+            eps = [data[(i, 7)] for i in range(len(data))]
+            e_hat = model.E(torch.stack([e["frames"] for e in eps]), torch.stack([e["landmarks"] for e in eps]))
+            return (model.D.W[[e["video_index"] for e in eps]] - e_hat).abs().mean().item()
+
+    assert (got["D.W"] >= 0).all() and not torch.equal(got["D.W"][0], got["D.W"][1])  # ReLU'd, one per person
+    assert mch(result.model) < 0.5 * mch(rand), (mch(result.model), mch(rand))
+    assert "rows from the embedder" in capsys.readouterr().out  # the run's first line says how W started
 
     again = train(tiny(steps=1, init=str(src_dir)), tiny_cache, tmp_path / "run", resume=True)
     assert again.step == 1

@@ -109,6 +109,8 @@ class TrainConfig:
     flip: bool = False             # mirror whole episodes at random (augmentation; not in the paper)
     init: str = ""                 # warm start: E, G, D (not W) from a shipped name, checkpoint or run folder
                                    # (ignored when resuming); "" = the paper's random initialisation
+    init_w: str = "embedder"       # warm start only: W_i <- mean of the copied E(x, y) over row i's frames
+                                   # ("embedder": L_MCH starts near 0, as FT's w' = w0 + ê) or "random"
     w_rows: str = "video"          # a row of D's W per training "video" (paper) or per "identity" (person: clips
                                    # of one person, named by `tkh preprocess --identities`, share a row)
     tensorboard: bool = True       # also log to RUN/tb when the tensorboard package is installed
@@ -121,6 +123,8 @@ class TrainConfig:
                               "train.d_steps_per_g >= 0")
         if self.w_rows not in ("video", "identity"):
             raise ConfigError(f"train.w_rows must be 'video' or 'identity', got {self.w_rows!r}")
+        if self.init_w not in ("embedder", "random"):
+            raise ConfigError(f"train.init_w must be 'embedder' or 'random', got {self.init_w!r}")
         if isinstance(self.holdout, str):  # `holdout: lp_d5` in YAML means one id
             self.holdout = (self.holdout,)
 

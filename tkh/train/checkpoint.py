@@ -32,7 +32,7 @@ from tkh.errors import CheckpointError
 from tkh.models import TalkingHeadModel
 
 __all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
-           "warm_start"]
+           "warm_start", "w_from_embedder"]
 
 POINTER = "latest.json"
 
@@ -167,7 +167,8 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimiz
 def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> str:
     """Start meta-learning from other weights (train.init): E, G and D (θ, w0, b) of a shipped name, a
     checkpoint or a run folder (`tkh.pretrained.load`). D's W is not copied: its rows belong to the other
-    run's videos, so they start afresh (as W_i for a new person would). Returns a description for the log.
+    run's videos, so they start afresh (random, or from the copied embedder: `w_from_embedder`). Returns a
+    description for the log.
 
     Raises CheckpointError when the source is of another architecture (say which tensor differs).
     """
@@ -185,3 +186,35 @@ def warm_start(model: torch.nn.Module, source: str | os.PathLike) -> str:
         for k, v in theirs.items():
             mine[k].copy_(v.to(mine[k].dtype))
     return f"warm start from {getattr(src, 'weights_name', source)} (sha256 {str(getattr(src, 'weights_sha256', ''))[:12]}…)"
+
+
+@torch.no_grad()
+def w_from_embedder(model: TalkingHeadModel, dataset: Any, epochs: int = 2) -> str:
+    """W_i ← mean of E(x, y) over frames of row i's videos, for a warm-started model (train.init_w).
+
+    A row of W is what L_MCH pulls towards ê_i = E's mean over person i's frames, and fine-tuning stands
+    in ê_NEW for the unknown row (w' = w0 + ê_NEW, sec. 3.3). After a warm start E already knows faces,
+    so starting W_i at ê_i makes L_MCH ≈ 0 on the first step instead of pulling a trained E towards
+    random rows (a warm-started sitting with random rows lost identity). The frames are those of
+    `epochs` episodes per video (K references + target each, pure in (seed, epoch)): the training
+    episode order is not touched. Returns a description for the log.
+    """
+    E, W = model.E, model.D.W
+    was_training = E.training
+    E.eval()  # no spectral-norm power iteration: E's state stays as loaded
+    device = W.device
+    sums = torch.zeros_like(W, dtype=torch.float32)
+    counts = torch.zeros(W.shape[0], device=device)
+    for index in range(len(dataset)):
+        for epoch in range(epochs):
+            ep = dataset[(index, epoch)]
+            x = torch.cat([ep["frames"], ep["target"][None]]).to(device)
+            y = torch.cat([ep["landmarks"], ep["target_landmarks"][None]]).to(device)
+            row = int(ep["video_index"])
+            sums[row] += E.embed_frames(x, y).float().sum(0)
+            counts[row] += len(x)
+    E.train(was_training)
+    seen = counts > 0
+    W[seen] = (sums[seen] / counts[seen, None]).to(W.dtype)
+    return (f"W's {int(seen.sum())} rows from the embedder (mean E(x, y) over {int(counts.sum())} frames; "
+            f"L_MCH starts near 0)")

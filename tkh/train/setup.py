@@ -28,7 +28,7 @@ from tkh.models import TalkingHeadModel
 from tkh.models.blocks import ResBlock, ResBlockDown, ResBlockUp
 from tkh.train import distributed
 from tkh.train.batches import EpisodeBatches, fixed_batch
-from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, warm_start
+from tkh.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, w_from_embedder, warm_start
 from tkh.train.objectives import MetaStep
 from tkh.train.rundir import prepare_run_dir, resume_note, write_run_files
 from tkh.train.step import StepContext, adam, make_phases
@@ -72,6 +72,8 @@ def build_run(cfg: Config, data: Path, run_dir: Path, resume: bool, info: distri
     resuming = resume and latest_checkpoint(run_dir / "checkpoints") is not None
     if tc.init and not resuming:
         notes.append(warm_start(model, tc.init))
+        if tc.init_w == "embedder":
+            notes.append(w_from_embedder(model, dataset))
     if resume:
         state = load_checkpoint(run_dir / "checkpoints", model, optimizers, cfg, dataset.row_ids)
         notes.append(resume_note(run_dir, state.step, tc.steps))
