@@ -208,6 +208,11 @@ plt.show()
 # $\mathbf{w}_0 + \hat e_{\mathrm{NEW}}$ a good start for a new person's row when fine-tuning (sec. 3.3, notebook 02):
 #
 # $$\mathcal{L}_{\mathrm{MCH}} = \lambda_{\mathrm{MCH}}\, \big\lVert \mathbf{W}_i - \hat e_i \big\rVert_1 .$$
+#
+# From scratch W starts random, like E. A warm start (`train.init`: E, G and D copied from trained weights, new
+# people in the data) is different: E already embeds faces, and random rows would drag it towards noise. So
+# `train.init_w: embedder` starts each row at the copied E's mean embedding of that person, exactly as fine-tuning
+# starts a new face's row at $\mathbf{w}_0 + \hat e_{\mathrm{NEW}}$, and L_MCH begins near 0.
 
 # %%
 w_i = model.D.W[i].detach()
